@@ -1,0 +1,34 @@
+//! Sluice's record-batch format: the unit a producer sends, the Raft log stores and a
+//! consumer fetches. The exact bytes are specified in `PROTOCOL.md` beside this crate.
+//!
+//! The model:
+//!
+//! - **Zero-copy.** A batch travels as the producer encoded it. [`BatchView`] validates a
+//!   borrowed byte slice once and then hands out keys, values and headers as sub-slices of
+//!   it; nothing is decoded into owned memory on the broker's path.
+//! - **CRC coverage.** The CRC-32 covers every byte after the `crc` field. The two fields
+//!   in front of it, `base_offset` and `leader_term`, are assigned by the broker when it
+//!   appends the batch, so they are left out: [`set_base_offset`] and [`set_leader_term`]
+//!   patch them in place without re-checksumming. Everything the producer wrote is covered.
+//! - **Bounded decoding.** Every length read from input is checked against the bytes that
+//!   are actually there and against [`Limits`] before it is used; errors are typed
+//!   ([`BatchError`], each with a stable wire code). After [`BatchView::parse`] succeeds,
+//!   iterating records and headers cannot fail.
+//! - **One encoding per value.** Varints must be minimal and records must fill the batch
+//!   exactly, so any batch that parses re-encodes with [`BatchBuilder`] to the same bytes.
+//!
+//! Frames and requests of the wire protocol will live here too (see `PROTOCOL.md`).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
+pub mod batch;
+mod varint;
+
+pub use batch::*;
