@@ -521,3 +521,30 @@ pub fn make_batch(no: u64, sizes: &[usize], now_ms: i64) -> Vec<u8> {
     }
     b.finish().unwrap_or_else(|e| panic!("test batch: {e}"))
 }
+
+/// The configuration of the SIGKILL test's log: segments small enough that rounds
+/// roll several of them.
+pub fn process_config() -> LogConfig {
+    LogConfig {
+        segment_bytes_max: 256 * 1024,
+        index_interval_bytes: 4096,
+        index_bytes_max: 4096,
+        retention_bytes_max: None,
+        retention_age_ms_max: None,
+        ..LogConfig::default()
+    }
+}
+
+/// Batch number `n` of the SIGKILL test: 1 to 4 records of odd sizes (so appends are
+/// never block-aligned), the key of each record is `n`.
+pub fn process_batch(n: u64) -> Vec<u8> {
+    let mut b = BatchBuilder::new(Limits::default());
+    for i in 0..(1 + n % 4) {
+        let size = 100 + ((n * 7919 + i * 104_729) % 6_000) as usize;
+        let mut value = format!("batch {n} record {i} ").into_bytes();
+        value.resize(size, b'0' + (n % 10) as u8);
+        b.push(n as i64, Some(&n.to_le_bytes()), Some(&value), &[])
+            .unwrap_or_else(|e| panic!("test batch: {e}"));
+    }
+    b.finish().unwrap_or_else(|e| panic!("test batch: {e}"))
+}
