@@ -516,7 +516,7 @@ impl<S: Storage> PartitionLog<S> {
         let seg = self.segment_for(from);
         let (pos, offset) = seg.seek(from);
         let limits = self.config.limits;
-        let mut cursor = Cursor::new(&seg.file, &limits, pos, offset, seg.size());
+        let mut cursor = seg.cursor(&limits, pos, offset);
         while let Some(found) = self.next_stored(&mut cursor, seg).await? {
             if found.header.base_offset >= end {
                 break;
@@ -569,7 +569,7 @@ impl<S: Storage> PartitionLog<S> {
                 continue;
             }
             let (pos, offset) = seg.seek_time(timestamp);
-            let mut cursor = Cursor::new(&seg.file, &limits, pos, offset, seg.size());
+            let mut cursor = seg.cursor(&limits, pos, offset);
             while let Some(found) = self.next_stored(&mut cursor, seg).await? {
                 if found.header.max_timestamp < timestamp
                     || found.header.last_offset() < self.log_start
@@ -679,7 +679,7 @@ impl<S: Storage> PartitionLog<S> {
         let seg = self.active();
         let (mut pos, start_offset) = seg.seek(offset);
         let mut cut_offset = start_offset;
-        let mut cursor = Cursor::new(&seg.file, &limits, pos, start_offset, seg.size());
+        let mut cursor = seg.cursor(&limits, pos, start_offset);
         while let Some(found) = self.next_stored(&mut cursor, seg).await? {
             if found.header.last_offset() >= offset {
                 break;
@@ -778,7 +778,7 @@ impl<S: Storage> PartitionLog<S> {
                 ));
             }
             expect_base = Some(seg.next);
-            let mut cursor = Cursor::new(&seg.file, &limits, 0, seg.base, seg.size());
+            let mut cursor = seg.cursor(&limits, 0, seg.base);
             let mut batches: Vec<(u64, sluice_proto::BatchHeader)> = Vec::new();
             loop {
                 match cursor.next().await.map_err(io_err("read", name.as_str()))? {
@@ -877,7 +877,7 @@ async fn recompute_max_timestamp<S: Storage>(
         Some(e) => (u64::from(e.position), seg.base + u64::from(e.rel_offset)),
         None => (0, seg.base),
     };
-    let mut cursor = Cursor::new(&seg.file, limits, pos, offset, seg.size());
+    let mut cursor = seg.cursor(limits, pos, offset);
     loop {
         match cursor
             .next()
@@ -1016,7 +1016,7 @@ async fn open_segment<S: Storage>(
     seg.max_timestamp = seg.time_index.last().map_or(i64::MIN, |e| e.timestamp);
     seg.since_index_bytes = 0;
     let limits = config.limits;
-    let mut cursor = Cursor::new(&seg.file, &limits, pos, offset, size);
+    let mut cursor = seg.cursor(&limits, pos, offset);
     let mut found_batches = Vec::new();
     let stop = loop {
         match cursor.next().await.map_err(io_err("read", log.as_str()))? {
@@ -1083,12 +1083,10 @@ async fn index_points_at_batches<S: Storage>(
     if u64::from(last.position) >= size {
         return Ok(false);
     }
-    let mut cursor = Cursor::new(
-        &seg.file,
+    let mut cursor = seg.cursor(
         &config.limits,
         u64::from(last.position),
         seg.base + u64::from(last.rel_offset),
-        size,
     );
     let ok = matches!(cursor.next().await, Ok(Ok(Some(_))));
     let time_ok = seg.time_index.last().is_none_or(|t| {

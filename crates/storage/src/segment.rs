@@ -46,6 +46,8 @@ pub(crate) struct Cursor<'a, F> {
     file: &'a F,
     limits: &'a Limits,
     end: u64,
+    /// Offsets stay below this, so relative offsets fit the indexes' u32.
+    offset_end: u64,
     buf: Vec<u8>,
     buf_pos: u64,
     pos: u64,
@@ -54,12 +56,20 @@ pub(crate) struct Cursor<'a, F> {
 
 impl<'a, F: LogFile> Cursor<'a, F> {
     /// A cursor at `pos`, where a batch with base offset `offset` must start, that
-    /// stops at file position `end`.
-    pub fn new(file: &'a F, limits: &'a Limits, pos: u64, offset: u64, end: u64) -> Self {
+    /// stops at file position `end`, in a segment whose base offset is `base`.
+    pub fn new(
+        file: &'a F,
+        limits: &'a Limits,
+        base: u64,
+        pos: u64,
+        offset: u64,
+        end: u64,
+    ) -> Self {
         Self {
             file,
             limits,
             end,
+            offset_end: base.saturating_add(u64::from(u32::MAX)),
             buf: Vec::new(),
             buf_pos: pos,
             pos,
@@ -121,6 +131,9 @@ impl<'a, F: LogFile> Cursor<'a, F> {
                 header.base_offset, self.expect_offset
             ));
         }
+        if header.last_offset() >= self.offset_end {
+            return bad("offsets overflow the segment's relative offset range".into());
+        }
         let len = header.length as usize;
         if pos + len as u64 > self.end || !self.fill(len).await? {
             return bad(BatchError::Truncated {
@@ -159,6 +172,11 @@ pub(crate) struct Segment<S: Storage> {
 impl<S: Storage> Segment<S> {
     pub fn size(&self) -> u64 {
         self.file.len()
+    }
+
+    /// A batch cursor over this segment's file, at `pos` where offset `offset` starts.
+    pub fn cursor<'a>(&'a self, limits: &'a Limits, pos: u64, offset: u64) -> Cursor<'a, S::File> {
+        Cursor::new(&self.file, limits, self.base, pos, offset, self.size())
     }
 
     pub fn is_empty(&self) -> bool {
