@@ -471,13 +471,7 @@ impl<S: Storage> PartitionLog<S> {
         let seg = self.active_mut();
         let synced = async {
             seg.file.sync().await?;
-            let used = seg.index.used_bytes();
-            seg.index.map_mut().set_len(used).await?;
-            seg.index.map_mut().sync().await?;
-            let used = seg.time_index.used_bytes();
-            seg.time_index.map_mut().set_len(used).await?;
-            seg.time_index.map_mut().sync().await?;
-            Ok::<(), io::Error>(())
+            seg.trim_indexes().await
         }
         .await;
         synced.map_err(|e| self.poison("sealing segment", e))
@@ -698,8 +692,7 @@ impl<S: Storage> PartitionLog<S> {
             seg.time_index.truncate_to(rel)?;
             if sealed_before {
                 // It was sealed with trimmed indexes: it takes appends again.
-                seg.index.map_mut().set_len(index_len).await?;
-                seg.time_index.map_mut().set_len(time_len).await?;
+                seg.grow_indexes(index_len, time_len).await?;
             }
             Ok(())
         }
@@ -999,14 +992,9 @@ async fn open_segment<S: Storage>(
             .map_err(io_err("reset index", index_name.as_str()))?;
     }
     if active || rebuilt {
-        let ilen = config.index_bytes_max;
-        let tlen = config.time_index_bytes_max();
-        let grow = async {
-            seg.index.map_mut().set_len(ilen).await?;
-            seg.time_index.map_mut().set_len(tlen).await?;
-            Ok::<(), io::Error>(())
-        };
-        grow.await.map_err(io_err("resize", index_name.as_str()))?;
+        seg.grow_indexes(config.index_bytes_max, config.time_index_bytes_max())
+            .await
+            .map_err(io_err("resize", index_name.as_str()))?;
     }
     // Scan from the last index entry (the start when rebuilding).
     let (pos, offset) = match seg.index.last() {
@@ -1055,16 +1043,8 @@ async fn open_segment<S: Storage>(
     }
     if rebuilt && !active {
         // A sealed segment keeps its rebuilt indexes trimmed and durable.
-        let trim = async {
-            let used = seg.index.used_bytes();
-            seg.index.map_mut().set_len(used).await?;
-            seg.index.map_mut().sync().await?;
-            let used = seg.time_index.used_bytes();
-            seg.time_index.map_mut().set_len(used).await?;
-            seg.time_index.map_mut().sync().await?;
-            Ok::<(), io::Error>(())
-        };
-        trim.await
+        seg.trim_indexes()
+            .await
             .map_err(io_err("rebuild index", index_name.as_str()))?;
     }
     Ok(seg)

@@ -3,6 +3,8 @@
 
 use sluice_proto::{verify_crc, BatchError, BatchHeader, Limits, HEADER_LEN};
 
+use crate::fs::IndexFile;
+
 use crate::fs::{LogFile, Storage};
 use crate::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 
@@ -172,6 +174,22 @@ pub(crate) struct Segment<S: Storage> {
 impl<S: Storage> Segment<S> {
     pub fn size(&self) -> u64 {
         self.file.len()
+    }
+
+    /// Trims both indexes to their entries and fsyncs them: a sealed segment's state.
+    pub async fn trim_indexes(&mut self) -> std::io::Result<()> {
+        let used = self.index.used_bytes();
+        self.index.map_mut().set_len(used).await?;
+        self.index.map_mut().sync().await?;
+        let used = self.time_index.used_bytes();
+        self.time_index.map_mut().set_len(used).await?;
+        self.time_index.map_mut().sync().await
+    }
+
+    /// Extends both index files to their preallocated sizes: an active segment's state.
+    pub async fn grow_indexes(&mut self, index_bytes: u64, time_bytes: u64) -> std::io::Result<()> {
+        self.index.map_mut().set_len(index_bytes).await?;
+        self.time_index.map_mut().set_len(time_bytes).await
     }
 
     /// A batch cursor over this segment's file, at `pos` where offset `offset` starts.
