@@ -12,15 +12,34 @@ fn pure_crates_reach_no_runtime() {
     for package in ["sluice-proto", "sluice-storage"] {
         let out = Command::new(env!("CARGO"))
             .current_dir(root)
-            .args(["tree", "--offline", "-e", "normal", "--prefix", "none", "-p", package])
+            .args([
+                "tree",
+                "--offline",
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+                "-p",
+                package,
+            ])
             .output()
             .expect("run cargo tree");
-        assert!(out.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let tree = String::from_utf8_lossy(&out.stdout);
-        assert!(tree.contains(package), "cargo tree printed nothing useful: {tree}");
+        assert!(
+            tree.contains(package),
+            "cargo tree printed nothing useful: {tree}"
+        );
         for line in tree.lines() {
             let name = line.split_whitespace().next().unwrap_or("");
-            assert!(!FORBIDDEN.contains(&name), "{package} depends on {name}:\n{tree}");
+            assert!(
+                !FORBIDDEN.contains(&name),
+                "{package} depends on {name}:\n{tree}"
+            );
         }
     }
 }

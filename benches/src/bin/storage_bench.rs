@@ -26,7 +26,7 @@ use sluice_bench::{
     build_batch, log_config, mb_per_s, mib_per_s, ms, per_s, Percentiles, BASE_TIMESTAMP_MS,
     RECORD_BYTES_MIN,
 };
-use sluice_io::glommio_fs::GlommioStorage;
+use sluice_io::glommio_fs::{DataFileMode, GlommioStorage};
 use sluice_io::std_fs::StdStorage;
 use sluice_proto::{batches, BatchView, Limits};
 use sluice_storage::{PartitionLog, Storage};
@@ -39,10 +39,14 @@ const SECS_MAX: u64 = 3600;
 const BATCHES_PER_SYNC_MAX: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 enum Backend {
-    /// `sluice_io::GlommioStorage`: O_DIRECT files through io_uring (the engine's).
+    /// `sluice_io::GlommioStorage` in its default mode: buffered files through
+    /// io_uring (the engine's).
     Glommio,
+    /// `sluice_io::GlommioStorage` with `DataFileMode::Direct`: O_DIRECT files
+    /// through io_uring.
+    GlommioDirect,
     /// `sluice_io::StdStorage`: buffered std files, blocking syscalls.
     Std,
 }
@@ -51,6 +55,7 @@ impl Backend {
     fn name(self) -> &'static str {
         match self {
             Backend::Glommio => "glommio",
+            Backend::GlommioDirect => "glommio-direct",
             Backend::Std => "std",
         }
     }
@@ -250,7 +255,8 @@ fn main() -> Result<()> {
             let storage = StdStorage::open_dir(&dir).context("opening the std storage")?;
             pollster::block_on(run(storage, &args, batch.clone()))
         }
-        Backend::Glommio => run_glommio(&dir, &args, batch.clone()),
+        Backend::Glommio => run_glommio(&dir, &args, batch.clone(), DataFileMode::Buffered),
+        Backend::GlommioDirect => run_glommio(&dir, &args, batch.clone(), DataFileMode::Direct),
     };
 
     let kept = if args.keep {
@@ -291,8 +297,15 @@ fn main() -> Result<()> {
 }
 
 /// Runs the benchmark on a glommio executor of its own, sized for the memlock limit.
-fn run_glommio(dir: &Path, args: &Args, batch: Vec<u8>) -> Result<(WriteReport, ReadReport)> {
-    let storage = GlommioStorage::open_dir(dir).context("opening the glommio storage")?;
+fn run_glommio(
+    dir: &Path,
+    args: &Args,
+    batch: Vec<u8>,
+    mode: DataFileMode,
+) -> Result<(WriteReport, ReadReport)> {
+    let storage = GlommioStorage::open_dir(dir)
+        .context("opening the glommio storage")?
+        .with_mode(mode);
     let executor = sluice_io::executor_builder(glommio::Placement::Unbound)
         .name("storage-bench")
         .make()

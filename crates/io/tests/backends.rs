@@ -3,14 +3,17 @@
 mod common;
 
 use common::{run_glommio, run_std};
-use sluice_io::{GlommioStorage, StdStorage};
+use sluice_io::{DataFileMode, GlommioStorage, StdStorage};
+
+/// Both data-file modes of the glommio backend.
+const MODES: [DataFileMode; 2] = [DataFileMode::Direct, DataFileMode::Buffered];
 
 fn std_at(dir: &std::path::Path) -> impl Fn() -> StdStorage + '_ {
     move || StdStorage::open_dir(dir).unwrap()
 }
 
-fn glommio_at(dir: &std::path::Path) -> impl Fn() -> GlommioStorage + '_ {
-    move || GlommioStorage::open_dir(dir).unwrap()
+fn glommio_at(dir: &std::path::Path, mode: DataFileMode) -> impl Fn() -> GlommioStorage + '_ {
+    move || GlommioStorage::open_dir(dir).unwrap().with_mode(mode)
 }
 
 #[test]
@@ -21,8 +24,10 @@ fn std_data_files() {
 
 #[test]
 fn glommio_data_files() {
-    let dir = tempfile::tempdir().unwrap();
-    run_glommio(|| common::data_files(glommio_at(dir.path())));
+    for mode in MODES {
+        let dir = tempfile::tempdir().unwrap();
+        run_glommio(|| common::data_files(glommio_at(dir.path(), mode)));
+    }
 }
 
 #[test]
@@ -33,8 +38,10 @@ fn std_large_append() {
 
 #[test]
 fn glommio_large_append() {
-    let dir = tempfile::tempdir().unwrap();
-    run_glommio(|| common::large_append(glommio_at(dir.path())()));
+    for mode in MODES {
+        let dir = tempfile::tempdir().unwrap();
+        run_glommio(|| common::large_append(glommio_at(dir.path(), mode)()));
+    }
 }
 
 #[test]
@@ -45,8 +52,10 @@ fn std_directory_ops() {
 
 #[test]
 fn glommio_directory_ops() {
-    let dir = tempfile::tempdir().unwrap();
-    run_glommio(|| common::directory_ops(glommio_at(dir.path())()));
+    for mode in MODES {
+        let dir = tempfile::tempdir().unwrap();
+        run_glommio(|| common::directory_ops(glommio_at(dir.path(), mode)()));
+    }
 }
 
 #[test]
@@ -57,8 +66,10 @@ fn std_index_files() {
 
 #[test]
 fn glommio_index_files() {
-    let dir = tempfile::tempdir().unwrap();
-    run_glommio(|| common::index_files(glommio_at(dir.path())));
+    for mode in MODES {
+        let dir = tempfile::tempdir().unwrap();
+        run_glommio(|| common::index_files(glommio_at(dir.path(), mode)));
+    }
 }
 
 #[test]
@@ -72,8 +83,10 @@ fn std_random_ops() {
 #[test]
 fn glommio_random_ops() {
     for seed in 1..=3 {
-        let dir = tempfile::tempdir().unwrap();
-        run_glommio(|| common::random_ops(glommio_at(dir.path()), seed, 400));
+        for mode in MODES {
+            let dir = tempfile::tempdir().unwrap();
+            run_glommio(|| common::random_ops(glommio_at(dir.path(), mode), seed, 400));
+        }
     }
 }
 
@@ -105,7 +118,9 @@ fn glommio_file_size_tracks_logical_length_and_backends_agree() {
     let data = rng.bytes(12_345);
     let expect = data.clone();
     run_glommio(|| async {
-        let fs = GlommioStorage::open_dir(&path).unwrap();
+        let fs = GlommioStorage::open_dir(&path)
+            .unwrap()
+            .with_mode(DataFileMode::Direct);
         let mut f = fs.open("x.log", OpenMode::Create).await.unwrap();
         f.append(&data).await.unwrap();
         assert!(size("x.log") <= 12_345);
@@ -136,7 +151,9 @@ fn glommio_file_size_tracks_logical_length_and_backends_agree() {
     let mut expect = expect;
     expect.extend_from_slice(b"tail");
     run_glommio(|| async {
-        let fs = GlommioStorage::open_dir(&path).unwrap();
+        let fs = GlommioStorage::open_dir(&path)
+            .unwrap()
+            .with_mode(DataFileMode::Direct);
         let f = fs.open("x.log", OpenMode::Existing).await.unwrap();
         assert_eq!(f.len(), expect.len() as u64);
         common::assert_same(

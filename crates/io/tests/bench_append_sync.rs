@@ -13,7 +13,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use glommio::io::{DmaFile, OpenOptions};
-use sluice_io::{GlommioStorage, StdStorage};
+use sluice_io::{DataFileMode, GlommioStorage, StdStorage};
 use sluice_storage::{LogFile, OpenMode, Storage};
 
 const MIB: usize = 1 << 20;
@@ -63,7 +63,9 @@ fn bench_append_1mib_fdatasync() {
     let (rounds, block) = (24, 8);
     let dir = bench_dir();
     run(async {
-        let gfs = GlommioStorage::open_dir(dir.path().join("g")).unwrap();
+        let gfs = GlommioStorage::open_dir(dir.path().join("g"))
+            .unwrap()
+            .with_mode(DataFileMode::Direct);
         let sfs = StdStorage::open_dir(dir.path().join("s")).unwrap();
         let mut g = gfs.open("exact.log", OpenMode::Create).await.unwrap();
         let mut g3 = gfs.open("odd.log", OpenMode::Create).await.unwrap();
@@ -162,7 +164,7 @@ impl RawFile {
 
 enum Target {
     Raw(RawFile),
-    Storage(sluice_io::DmaLogFile),
+    Storage(sluice_io::GlommioFile),
 }
 
 /// The tail-block policies, interleaved, at three append sizes, with a sync after
@@ -172,7 +174,9 @@ enum Target {
 fn bench_tail_policies() {
     let dir = bench_dir();
     run(async {
-        let fs = GlommioStorage::open_dir(dir.path()).unwrap();
+        let fs = GlommioStorage::open_dir(dir.path())
+            .unwrap()
+            .with_mode(DataFileMode::Direct);
         let cases = [
             (1000usize, 1, 40, 25),
             (1000, 10, 40, 5),

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{assert_same, run_glommio, run_std, Rng};
-use sluice_io::{GlommioStorage, StdStorage};
+use sluice_io::{DataFileMode, GlommioStorage, StdStorage};
 use sluice_proto::{BatchBuilder, Limits};
 use sluice_storage::{LogConfig, PartitionLog, Storage};
 
@@ -141,8 +141,16 @@ fn std_partition_log_roundtrip() {
 
 #[test]
 fn glommio_partition_log_roundtrip() {
-    let dir = tempfile::tempdir().unwrap();
-    run_glommio(|| log_roundtrip(|| GlommioStorage::open_dir(dir.path()).unwrap()));
+    for mode in [DataFileMode::Direct, DataFileMode::Buffered] {
+        let dir = tempfile::tempdir().unwrap();
+        run_glommio(|| {
+            log_roundtrip(|| {
+                GlommioStorage::open_dir(dir.path())
+                    .unwrap()
+                    .with_mode(mode)
+            })
+        });
+    }
 }
 
 /// A log written by one backend opens and continues on the other.
@@ -157,7 +165,9 @@ fn partition_log_moves_between_backends() {
         next: 0,
     };
     let mut app = run_glommio(|| async {
-        let fs = GlommioStorage::open_dir(&path).unwrap();
+        let fs = GlommioStorage::open_dir(&path)
+            .unwrap()
+            .with_mode(DataFileMode::Direct);
         let (mut log, _) = PartitionLog::open(fs, config(), NOW_MS).await.unwrap();
         app.append(&mut log, 500, 20).await;
         // Unclean: the unsynced padded tail must not confuse the other backend.
@@ -175,7 +185,9 @@ fn partition_log_moves_between_backends() {
         app
     });
     run_glommio(|| async {
-        let fs = GlommioStorage::open_dir(&path).unwrap();
+        let fs = GlommioStorage::open_dir(&path)
+            .unwrap()
+            .with_mode(DataFileMode::Direct);
         let (mut log, report) = PartitionLog::open(fs, config(), NOW_MS).await.unwrap();
         assert!(report.clean);
         check_all(&log, &app.expected, app.batches).await;
