@@ -1,5 +1,6 @@
 //! Real process, real disk, real io_uring: a child appends and syncs through the
-//! glommio backend and reports what is durable; the parent SIGKILLs it at random
+//! glommio backend (O_DIRECT in even rounds, buffered in odd ones, on the same log)
+//! and reports what is durable; the parent SIGKILLs it at random
 //! moments, 24 rounds on one log, and after each kill reopens the log (with the std
 //! backend, which also proves the two backends agree on the format) and checks every
 //! batch the child reported durable, byte for byte, and that the log is exactly the
@@ -29,6 +30,7 @@ fn sigkill_never_loses_a_reported_durable_batch() {
         let mut child = Command::new(env!("CARGO_BIN_EXE_crash-child"))
             .arg(&path)
             .arg("20")
+            .arg(if round % 2 == 0 { "direct" } else { "buffered" })
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -4,31 +4,38 @@
 //! fsynced. The parent kills it with SIGKILL at random moments and checks that every
 //! batch it was told about survived.
 //!
-//! Usage: `crash-child DIR SECONDS_MAX`. On start it resumes after the last batch in
-//! the log (batch numbers are in the keys), so rounds continue one log.
+//! Usage: `crash-child DIR SECONDS_MAX direct|buffered`. On start it resumes after the
+//! last batch in the log (batch numbers are in the keys), so rounds continue one log.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
-use sluice_io::GlommioStorage;
+use sluice_io::{DataFileMode, GlommioStorage};
 use sluice_proto::{BatchView, Limits};
 use sluice_storage::PartitionLog;
 use sluice_storage_tests::{process_batch, process_config};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let dir = args.next().context("usage: crash-child DIR SECONDS_MAX")?;
+    let dir = args
+        .next()
+        .context("usage: crash-child DIR SECONDS_MAX direct|buffered")?;
     let secs: u64 = args.next().context("SECONDS_MAX")?.parse()?;
+    let mode = match args.next().as_deref() {
+        Some("direct") => DataFileMode::Direct,
+        Some("buffered") => DataFileMode::Buffered,
+        other => anyhow::bail!("data-file mode must be direct or buffered, not {other:?}"),
+    };
     let handle = sluice_io::executor_builder(glommio::Placement::Unbound)
         .name("crash-child")
-        .spawn(move || async move { run(&dir, secs).await })
+        .spawn(move || async move { run(&dir, secs, mode).await })
         .map_err(|e| anyhow!("spawn executor: {e}"))?;
     handle.join().map_err(|e| anyhow!("executor: {e:?}"))?
 }
 
-async fn run(dir: &str, secs: u64) -> anyhow::Result<()> {
-    let storage = GlommioStorage::open_dir(dir)?;
+async fn run(dir: &str, secs: u64, mode: DataFileMode) -> anyhow::Result<()> {
+    let storage = GlommioStorage::open_dir(dir)?.with_mode(mode);
     let (mut log, _) = PartitionLog::open(storage, process_config(), 0).await?;
     let limits = Limits::default();
     // Resume after the last stored batch: its key is its batch number.
