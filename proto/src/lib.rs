@@ -18,6 +18,20 @@
 //!   exactly, so any batch that parses re-encodes with [`BatchBuilder`] to the same bytes.
 //!
 //! Frames and requests of the wire protocol will live here too (see `PROTOCOL.md`).
+//!
+//! ```
+//! use sluice_proto::{set_base_offset, BatchBuilder, BatchView, Limits};
+//!
+//! let limits = Limits::default();
+//! let mut b = BatchBuilder::new(limits);
+//! b.push(1_700_000_000_000, Some(b"k"), Some(b"hello"), &[("trace", Some(b"1"))])
+//!     .unwrap();
+//! let mut batch = b.finish().unwrap();
+//! set_base_offset(&mut batch, 42).unwrap(); // the broker's rewrite: no re-checksum
+//! let view = BatchView::parse(&batch, &limits).unwrap();
+//! let r = view.records().next().unwrap();
+//! assert_eq!((r.offset, r.value), (42, Some(&b"hello"[..])));
+//! ```
 #![cfg_attr(
     not(test),
     deny(

@@ -15,6 +15,24 @@
 //! batch in a sealed segment is reported as corruption, never dropped.
 //!
 //! See `docs/STORAGE_FORMAT.md` for the bytes on disk.
+//!
+//! ```
+//! use sluice_proto::{BatchBuilder, Limits};
+//! use sluice_storage::{LogConfig, MemFs, PartitionLog};
+//!
+//! pollster::block_on(async {
+//!     let (mut log, _) = PartitionLog::open(MemFs::new(), LogConfig::default(), 0).await?;
+//!     let mut b = BatchBuilder::new(Limits::default());
+//!     b.push(1_000, Some(b"key"), Some(b"value"), &[]).unwrap();
+//!     let mut batch = b.finish().unwrap();
+//!     let at = log.append(&mut batch, 1_000).await?; // base offset written in place
+//!     assert_eq!(log.sync().await?, at.last_offset + 1); // durable end
+//!     let read = log.read(at.base_offset, 1 << 20).await?;
+//!     assert_eq!(read.bytes, batch); // served as stored
+//!     Ok::<_, sluice_storage::LogError>(())
+//! })
+//! .unwrap();
+//! ```
 #![cfg_attr(
     not(test),
     deny(
