@@ -1,0 +1,530 @@
+//! One shard: the partitions it owns, and the request logic over them.
+//!
+//! A [`Shard`] is runtime-free: its methods are `async` only because the partition
+//! logs do I/O through [`sluice_storage::Storage`]; a glommio shard thread drives it
+//! in production, `pollster` over `MemFs` in tests. Replies are queued and drained
+//! with [`Shard::poll_reply`], keyed by the caller's [`Token`].
+//!
+//! Call order: `open_partition` for every partition the shard owns; then, as requests
+//! arrive, `produce` / `fetch` / `list_offsets`; after a batch of requests (a flush
+//! cycle), `flush` — one sync per dirty partition, issued together, which is the
+//! group commit: every append before it becomes durable, the high watermark moves,
+//! waiting producers are answered and long-polling fetches served; `tick` every few
+//! milliseconds for deadlines; `poll_reply` after each of these.
+//!
+//! Until replication exists the high watermark is the durable end of the local log:
+//! `acks=all` and `acks=leader` are answered after the fsync, `acks=none` after the
+//! append, and consumers never see a batch before it is durable.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+
+use sluice_proto::BatchError;
+use sluice_storage::{Batches, LogConfig, LogError, PartitionLog, RecoveryReport, Storage};
+use thiserror::Error;
+
+use crate::waiters::{PendingAck, PendingFetch, Ready, Token, WaitLimits, Waiters};
+
+/// A partition of a topic.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: u32,
+}
+
+impl TopicPartition {
+    /// `topic`/`partition`.
+    pub fn new(topic: impl Into<String>, partition: u32) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl std::fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// Where partitions keep their files: one [`Storage`] (directory) per partition.
+pub trait StorageProvider {
+    /// The storage of one partition.
+    type S: Storage;
+    /// The storage of `tp`'s directory, created if missing.
+    fn open(&self, tp: &TopicPartition) -> io::Result<Self::S>;
+    /// Removes `tp`'s directory and everything in it.
+    fn remove(&self, tp: &TopicPartition) -> io::Result<()>;
+}
+
+/// How a produce request wants to be acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AckPolicy {
+    /// After the append, before it is durable.
+    None,
+    /// After the leader's fsync.
+    Leader,
+    /// After a quorum has it fsynced (single node: the local fsync).
+    #[default]
+    All,
+}
+
+/// Which offset `list_offsets` looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetQuery {
+    /// The log start.
+    Earliest,
+    /// The high watermark (where the next committed record will be).
+    Latest,
+    /// The first committed record with a timestamp at or after this.
+    Timestamp(i64),
+}
+
+/// Errors the engine answers with. The gateway maps them onto wire error codes.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum EngineError {
+    #[error("unknown partition {0}")]
+    UnknownPartition(TopicPartition),
+    #[error("partition {0} exists")]
+    PartitionExists(TopicPartition),
+    #[error("offset {offset} out of range [{log_start}, {high_watermark}]")]
+    OffsetOutOfRange {
+        offset: u64,
+        log_start: u64,
+        high_watermark: u64,
+    },
+    #[error("invalid batch: {0}")]
+    InvalidBatch(BatchError),
+    #[error("storage full")]
+    StorageFull,
+    #[error("storage failed: {0}")]
+    StorageFailed(String),
+    #[error("request timed out (the write may still have been appended)")]
+    TimedOut,
+    #[error("too many requests waiting on {0}")]
+    TooManyWaiting(TopicPartition),
+    #[error("invalid config: {0}")]
+    InvalidConfig(&'static str),
+    #[error("corruption: {0}")]
+    Corruption(String),
+}
+
+impl EngineError {
+    fn from_log(e: LogError) -> Self {
+        match e {
+            LogError::InvalidBatch(b) => Self::InvalidBatch(b),
+            LogError::OffsetOutOfRange { offset, start, end } => Self::OffsetOutOfRange {
+                offset,
+                log_start: start,
+                high_watermark: end,
+            },
+            e @ LogError::Io { .. } if e.is_storage_full() => Self::StorageFull,
+            LogError::Poisoned { reason } => Self::StorageFailed(reason),
+            e @ LogError::Io { .. } => Self::StorageFailed(e.to_string()),
+            e @ LogError::Corruption { .. } => Self::Corruption(e.to_string()),
+            LogError::Config(what) => Self::InvalidConfig(what),
+        }
+    }
+}
+
+/// An answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The batch got these offsets (and is durable, unless `acks=none`).
+    Produced { base_offset: u64, last_offset: u64 },
+    /// Whole stored batches below the high watermark (possibly none).
+    Fetched {
+        batches: Batches,
+        high_watermark: u64,
+        log_start: u64,
+    },
+    /// The request failed.
+    Failed(EngineError),
+}
+
+/// Limits and defaults of a shard.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ShardConfig {
+    /// Per-partition limits on waiting requests.
+    pub wait_limits: WaitLimits,
+}
+
+/// Counters for the metrics edge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    pub produce_requests: u64,
+    pub produce_bytes: u64,
+    pub fetch_requests: u64,
+    pub fetch_bytes: u64,
+    pub flushes: u64,
+    pub partitions_synced: u64,
+    pub errors: u64,
+}
+
+#[derive(Debug)]
+struct Partition<S: Storage> {
+    log: PartitionLog<S>,
+    waiters: Waiters,
+    /// Appended since the last flush.
+    dirty: bool,
+}
+
+/// The partitions of one shard and the logic of every request on them.
+#[derive(Debug)]
+pub struct Shard<P: StorageProvider> {
+    provider: P,
+    config: ShardConfig,
+    partitions: BTreeMap<TopicPartition, Partition<P::S>>,
+    replies: VecDeque<(Token, Reply)>,
+    stats: ShardStats,
+}
+
+impl<P: StorageProvider> Shard<P> {
+    /// A shard with no partitions.
+    pub fn new(provider: P, config: ShardConfig) -> Self {
+        Self {
+            provider,
+            config,
+            partitions: BTreeMap::new(),
+            replies: VecDeque::new(),
+            stats: ShardStats::default(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ShardStats {
+        self.stats
+    }
+
+    /// The partitions this shard owns.
+    pub fn partitions(&self) -> impl Iterator<Item = &TopicPartition> {
+        self.partitions.keys()
+    }
+
+    /// The next reply to hand back, if any.
+    pub fn poll_reply(&mut self) -> Option<(Token, Reply)> {
+        self.replies.pop_front()
+    }
+
+    /// Whether a flush would sync anything.
+    pub fn has_dirty(&self) -> bool {
+        self.partitions.values().any(|p| p.dirty)
+    }
+
+    fn reply(&mut self, token: Token, reply: Reply) {
+        if matches!(reply, Reply::Failed(_)) {
+            self.stats.errors += 1;
+        }
+        self.replies.push_back((token, reply));
+    }
+
+    /// Opens (recovering) or creates the partition `tp`.
+    pub async fn open_partition(
+        &mut self,
+        tp: TopicPartition,
+        config: LogConfig,
+        now_ms: i64,
+    ) -> Result<RecoveryReport, EngineError> {
+        if self.partitions.contains_key(&tp) {
+            return Err(EngineError::PartitionExists(tp));
+        }
+        let storage = self
+            .provider
+            .open(&tp)
+            .map_err(|e| EngineError::StorageFailed(format!("{tp}: {e}")))?;
+        let (log, report) = PartitionLog::open(storage, config, now_ms)
+            .await
+            .map_err(EngineError::from_log)?;
+        // Recovery made everything it kept durable: all of it is committed.
+        let waiters = Waiters::new(log.durable_end(), self.config.wait_limits);
+        self.partitions.insert(
+            tp,
+            Partition {
+                log,
+                waiters,
+                dirty: false,
+            },
+        );
+        Ok(report)
+    }
+
+    /// Closes every partition cleanly (for a graceful shutdown): waiting producers
+    /// are answered `TimedOut` (indeterminate) unless a final flush made them
+    /// durable, waiting fetches get what there is.
+    pub async fn close(&mut self, now_ms: i64) -> Result<(), EngineError> {
+        self.flush(now_ms).await;
+        let mut first_err = None;
+        let tps: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
+        for tp in tps {
+            let mut ready = Vec::new();
+            if let Some(p) = self.partitions.get_mut(&tp) {
+                p.waiters.drain(&mut ready);
+            }
+            self.answer_ready(&tp, ready).await;
+            let Some(p) = self.partitions.remove(&tp) else {
+                continue;
+            };
+            if let Err(e) = p.log.close().await {
+                first_err.get_or_insert(EngineError::StorageFailed(format!("{tp}: {e}")));
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Deletes the partition and its files; its waiting requests fail.
+    pub async fn delete_partition(&mut self, tp: &TopicPartition) -> Result<(), EngineError> {
+        let Some(mut p) = self.partitions.remove(tp) else {
+            return Err(EngineError::UnknownPartition(tp.clone()));
+        };
+        let mut ready = Vec::new();
+        p.waiters.drain(&mut ready);
+        for r in ready {
+            let token = match r {
+                Ready::Acked(a) | Ready::AckTimedOut(a) => a.token,
+                Ready::Readable(f) | Ready::FetchExpired(f) => f.token,
+            };
+            self.reply(
+                token,
+                Reply::Failed(EngineError::UnknownPartition(tp.clone())),
+            );
+        }
+        drop(p);
+        self.provider
+            .remove(tp)
+            .map_err(|e| EngineError::StorageFailed(format!("{tp}: {e}")))
+    }
+
+    /// Appends one batch (validated by the log) and answers per `acks`: now for
+    /// `None`, after the flush that makes it durable otherwise, or `TimedOut` once
+    /// `timeout_ms` passes first.
+    pub async fn produce(
+        &mut self,
+        now_ms: i64,
+        token: Token,
+        tp: &TopicPartition,
+        mut batch: Vec<u8>,
+        acks: AckPolicy,
+        timeout_ms: u32,
+    ) {
+        self.stats.produce_requests += 1;
+        let Some(p) = self.partitions.get_mut(tp) else {
+            self.reply(
+                token,
+                Reply::Failed(EngineError::UnknownPartition(tp.clone())),
+            );
+            return;
+        };
+        // Refuse before appending, so a refusal is definite.
+        if acks != AckPolicy::None && p.waiters.acks_waiting() >= self.config.wait_limits.acks_max {
+            self.reply(
+                token,
+                Reply::Failed(EngineError::TooManyWaiting(tp.clone())),
+            );
+            return;
+        }
+        let len = batch.len() as u64;
+        let result = p.log.append(&mut batch, now_ms).await;
+        let reply = match result {
+            Err(e) => Some(Reply::Failed(EngineError::from_log(e))),
+            Ok(at) => {
+                p.dirty = true;
+                self.stats.produce_bytes += len;
+                if acks == AckPolicy::None {
+                    Some(Reply::Produced {
+                        base_offset: at.base_offset,
+                        last_offset: at.last_offset,
+                    })
+                } else {
+                    let ack = PendingAck {
+                        token,
+                        base_offset: at.base_offset,
+                        last_offset: at.last_offset,
+                        deadline_ms: now_ms.saturating_add(i64::from(timeout_ms)),
+                    };
+                    // Capacity was checked above and nothing ran in between.
+                    match p.waiters.add_ack(ack) {
+                        Ok(()) => None,
+                        Err(_) => Some(Reply::Failed(EngineError::TimedOut)),
+                    }
+                }
+            }
+        };
+        if let Some(reply) = reply {
+            self.reply(token, reply);
+        }
+    }
+
+    /// Serves a fetch: whole batches from `offset` below the high watermark, or, when
+    /// there are none yet and `max_wait_ms > 0`, waits for them (long poll).
+    pub async fn fetch(
+        &mut self,
+        now_ms: i64,
+        token: Token,
+        tp: &TopicPartition,
+        offset: u64,
+        max_bytes: u32,
+        max_wait_ms: u32,
+    ) {
+        self.stats.fetch_requests += 1;
+        let Some(p) = self.partitions.get_mut(tp) else {
+            self.reply(
+                token,
+                Reply::Failed(EngineError::UnknownPartition(tp.clone())),
+            );
+            return;
+        };
+        let hw = p.waiters.high_watermark();
+        let start = p.log.log_start_offset();
+        if offset < start || offset > p.log.next_offset() {
+            let err = EngineError::OffsetOutOfRange {
+                offset,
+                log_start: start,
+                high_watermark: hw,
+            };
+            self.reply(token, Reply::Failed(err));
+            return;
+        }
+        if offset < hw || max_wait_ms == 0 {
+            let reply = read_reply(p, offset, max_bytes).await;
+            self.note_fetch(&reply);
+            self.reply(token, reply);
+            return;
+        }
+        let wait = PendingFetch {
+            token,
+            offset,
+            max_bytes,
+            deadline_ms: now_ms.saturating_add(i64::from(max_wait_ms)),
+        };
+        if p.waiters.add_fetch(wait).is_err() {
+            self.reply(
+                token,
+                Reply::Failed(EngineError::TooManyWaiting(tp.clone())),
+            );
+        }
+    }
+
+    fn note_fetch(&mut self, reply: &Reply) {
+        if let Reply::Fetched { batches, .. } = reply {
+            self.stats.fetch_bytes += batches.bytes.len() as u64;
+        }
+    }
+
+    /// The offset a consumer would seek to.
+    pub async fn list_offsets(
+        &self,
+        tp: &TopicPartition,
+        query: OffsetQuery,
+    ) -> Result<Option<u64>, EngineError> {
+        let p = self
+            .partitions
+            .get(tp)
+            .ok_or_else(|| EngineError::UnknownPartition(tp.clone()))?;
+        let hw = p.waiters.high_watermark();
+        Ok(match query {
+            OffsetQuery::Earliest => Some(p.log.log_start_offset()),
+            OffsetQuery::Latest => Some(hw),
+            OffsetQuery::Timestamp(ts) => p
+                .log
+                .offset_for_timestamp(ts)
+                .await
+                .map_err(EngineError::from_log)?
+                .filter(|&o| o < hw),
+        })
+    }
+
+    /// The group commit: syncs every partition appended to since the last flush,
+    /// all at once, then answers the producers whose batches became durable and the
+    /// fetches that can now be served. A failed sync poisons its partition: its
+    /// waiting producers get `StorageFailed`.
+    pub async fn flush(&mut self, _now_ms: i64) {
+        self.stats.flushes += 1;
+        let syncs = self
+            .partitions
+            .iter_mut()
+            .filter(|(_, p)| p.dirty)
+            .map(|(tp, p)| async move {
+                p.dirty = false;
+                (tp.clone(), p.log.sync().await)
+            });
+        let results = futures_util::future::join_all(syncs).await;
+        self.stats.partitions_synced += results.len() as u64;
+        for (tp, result) in results {
+            let mut ready = Vec::new();
+            let Some(p) = self.partitions.get_mut(&tp) else {
+                continue;
+            };
+            match result {
+                Ok(end) => p.waiters.advance(end, &mut ready),
+                Err(e) => {
+                    let err = EngineError::from_log(e);
+                    let mut failed = Vec::new();
+                    p.waiters.truncate(0, &mut failed);
+                    for r in failed {
+                        if let Ready::AckTimedOut(a) = r {
+                            self.replies
+                                .push_back((a.token, Reply::Failed(err.clone())));
+                            self.stats.errors += 1;
+                        }
+                    }
+                }
+            }
+            self.answer_ready(&tp, ready).await;
+        }
+    }
+
+    /// Answers deadlines that passed.
+    pub async fn tick(&mut self, now_ms: i64) {
+        let mut expired: Vec<(TopicPartition, Vec<Ready>)> = Vec::new();
+        for (tp, p) in self.partitions.iter_mut() {
+            let mut ready = Vec::new();
+            p.waiters.expire(now_ms, &mut ready);
+            if !ready.is_empty() {
+                expired.push((tp.clone(), ready));
+            }
+        }
+        for (tp, ready) in expired {
+            self.answer_ready(&tp, ready).await;
+        }
+    }
+
+    async fn answer_ready(&mut self, tp: &TopicPartition, ready: Vec<Ready>) {
+        for r in ready {
+            match r {
+                Ready::Readable(f) | Ready::FetchExpired(f) => {
+                    let reply = match self.partitions.get(tp) {
+                        Some(p) => read_reply(p, f.offset, f.max_bytes).await,
+                        None => Reply::Failed(EngineError::UnknownPartition(tp.clone())),
+                    };
+                    self.note_fetch(&reply);
+                    self.reply(f.token, reply);
+                }
+                Ready::Acked(a) => self.reply(
+                    a.token,
+                    Reply::Produced {
+                        base_offset: a.base_offset,
+                        last_offset: a.last_offset,
+                    },
+                ),
+                Ready::AckTimedOut(a) => {
+                    self.reply(a.token, Reply::Failed(EngineError::TimedOut));
+                }
+            }
+        }
+    }
+}
+
+/// Reads committed batches from `offset` (never past the high watermark).
+async fn read_reply<S: Storage>(p: &Partition<S>, offset: u64, max_bytes: u32) -> Reply {
+    let hw = p.waiters.high_watermark();
+    let log_start = p.log.log_start_offset();
+    match p.log.read_bounded(offset, max_bytes as usize, hw).await {
+        Ok(batches) => Reply::Fetched {
+            batches,
+            high_watermark: hw,
+            log_start,
+        },
+        Err(e) => Reply::Failed(EngineError::from_log(e)),
+    }
+}

@@ -1,0 +1,287 @@
+//! The shard core over the in-memory file system: acknowledgement policies, the
+//! group-commit flush, long-poll fetches, deadlines, errors, restart.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io;
+use std::rc::Rc;
+
+use pollster::block_on;
+use sluice_engine::{
+    AckPolicy, EngineError, OffsetQuery, Reply, Shard, ShardConfig, StorageProvider, TopicPartition,
+};
+use sluice_proto::{batches, BatchBuilder, Limits};
+use sluice_storage::{LogConfig, MemFs};
+
+/// One `MemFs` per partition, kept across shard restarts.
+#[derive(Clone, Default)]
+struct Mem(Rc<RefCell<BTreeMap<TopicPartition, MemFs>>>);
+
+impl StorageProvider for Mem {
+    type S = MemFs;
+    fn open(&self, tp: &TopicPartition) -> io::Result<MemFs> {
+        Ok(self.0.borrow_mut().entry(tp.clone()).or_default().clone())
+    }
+    fn remove(&self, tp: &TopicPartition) -> io::Result<()> {
+        self.0.borrow_mut().remove(tp);
+        Ok(())
+    }
+}
+
+fn batch(values: &[&str], ts: i64) -> Vec<u8> {
+    let mut b = BatchBuilder::new(Limits::default());
+    for (i, v) in values.iter().enumerate() {
+        b.push(ts + i as i64, None, Some(v.as_bytes()), &[])
+            .unwrap();
+    }
+    b.finish().unwrap()
+}
+
+fn tp(p: u32) -> TopicPartition {
+    TopicPartition::new("t", p)
+}
+
+fn shard_with(mem: &Mem, partitions: u32) -> Shard<Mem> {
+    let mut shard = Shard::new(mem.clone(), ShardConfig::default());
+    for p in 0..partitions {
+        block_on(shard.open_partition(tp(p), LogConfig::default(), 0)).unwrap();
+    }
+    shard
+}
+
+fn replies(shard: &mut Shard<Mem>) -> Vec<(u64, Reply)> {
+    std::iter::from_fn(|| shard.poll_reply()).collect()
+}
+
+fn values(reply: &Reply) -> Vec<String> {
+    let Reply::Fetched { batches: b, .. } = reply else {
+        panic!("not a fetch reply: {reply:?}")
+    };
+    let limits = Limits::default();
+    batches(&b.bytes, &limits)
+        .flat_map(|v| {
+            v.unwrap()
+                .records()
+                .map(|r| String::from_utf8(r.value.unwrap().to_vec()).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn acks_all_answers_after_the_flush_and_consumers_never_see_undurable_data() {
+    let mem = Mem::default();
+    let mut shard = shard_with(&mem, 1);
+    block_on(shard.produce(0, 1, &tp(0), batch(&["a", "b"], 10), AckPolicy::All, 1000));
+    assert!(replies(&mut shard).is_empty(), "no ack before the fsync");
+    block_on(shard.fetch(0, 2, &tp(0), 0, 1 << 20, 0));
+    let r = replies(&mut shard);
+    assert_eq!(
+        values(&r[0].1),
+        Vec::<String>::new(),
+        "not durable, not visible"
+    );
+    block_on(shard.flush(1));
+    assert_eq!(
+        replies(&mut shard),
+        vec![(
+            1,
+            Reply::Produced {
+                base_offset: 0,
+                last_offset: 1
+            }
+        )]
+    );
+    block_on(shard.fetch(2, 3, &tp(0), 0, 1 << 20, 0));
+    let r = replies(&mut shard);
+    assert_eq!(values(&r[0].1), vec!["a", "b"]);
+    let Reply::Fetched { high_watermark, .. } = r[0].1 else {
+        unreachable!()
+    };
+    assert_eq!(high_watermark, 2);
+}
+
+#[test]
+fn acks_none_answers_at_once() {
+    let mem = Mem::default();
+    let mut shard = shard_with(&mem, 1);
+    block_on(shard.produce(0, 7, &tp(0), batch(&["x"], 0), AckPolicy::None, 1000));
+    assert_eq!(
+        replies(&mut shard),
+        vec![(
+            7,
+            Reply::Produced {
+                base_offset: 0,
+                last_offset: 0
+            }
+        )]
+    );
+    assert!(shard.has_dirty());
+    block_on(shard.flush(1));
+    assert!(!shard.has_dirty());
+}
+
+#[test]
+fn one_flush_commits_every_partition() {
+    let mem = Mem::default();
+    let mut shard = shard_with(&mem, 8);
+    for p in 0..8u32 {
+        for i in 0..5u64 {
+            let token = u64::from(p) * 100 + i;
+            block_on(shard.produce(0, token, &tp(p), batch(&["v"], 0), AckPolicy::All, 1000));
+        }
+    }
+    assert!(replies(&mut shard).is_empty());
+    block_on(shard.flush(1));
+    let acked = replies(&mut shard);
+    assert_eq!(acked.len(), 40);
+    assert!(acked
+        .iter()
+        .all(|(_, r)| matches!(r, Reply::Produced { .. })));
+    assert_eq!(
+        shard.stats().partitions_synced,
+        8,
+        "one sync per partition per flush"
+    );
+    // Per partition, offsets follow produce order.
+    for p in 0..8u64 {
+        let offsets: Vec<u64> = acked
+            .iter()
+            .filter(|(t, _)| t / 100 == p)
+            .map(|(_, r)| match r {
+                Reply::Produced { base_offset, .. } => *base_offset,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(offsets, vec![0, 1, 2, 3, 4]);
+    }
+}
+
+#[test]
+fn long_poll_wakes_when_data_becomes_durable() {
+    let mem = Mem::default();
+    let mut shard = shard_with(&mem, 1);
+    block_on(shard.fetch(0, 1, &tp(0), 0, 1 << 20, 5_000));
+    assert!(replies(&mut shard).is_empty(), "caught up: the fetch waits");
+    block_on(shard.produce(10, 2, &tp(0), batch(&["late"], 0), AckPolicy::All, 1000));
+    block_on(shard.flush(11));
+    let r = replies(&mut shard);
+    assert_eq!(r.len(), 2);
+    let fetched = r.iter().find(|(t, _)| *t == 1).unwrap();
+    assert_eq!(values(&fetched.1), vec!["late"]);
+}
+
+#[test]
+fn long_poll_expires_empty_and_late_acks_time_out() {
+    let mem = Mem::default();
+    let mut shard = shard_with(&mem, 1);
+    block_on(shard.fetch(0, 1, &tp(0), 0, 1 << 20, 100));
+    block_on(shard.produce(0, 2, &tp(0), batch(&["slow"], 0), AckPolicy::All, 50));
+    block_on(shard.tick(49));
+    assert!(replies(&mut shard).is_empty());
+    block_on(shard.tick(100));
+    let mut r = replies(&mut shard);
+    r.sort_by_key(|(t, _)| *t);
+    assert_eq!(values(&r[0].1), Vec::<String>::new());
+    assert_eq!(r[1], (2, Reply::Failed(EngineError::TimedOut)));
+}
+
+#[test]
+fn out_of_range_and_unknown_partition_are_typed() {
+    let mem = Mem::default();
+    let mut shard = shard_with(&mem, 1);
+    block_on(shard.produce(0, 1, &tp(0), batch(&["a"], 0), AckPolicy::All, 1000));
+    block_on(shard.flush(0));
+    block_on(shard.fetch(0, 2, &tp(0), 5, 100, 0));
+    block_on(shard.fetch(0, 3, &tp(9), 0, 100, 0));
+    block_on(shard.produce(0, 4, &tp(0), vec![1, 2, 3], AckPolicy::All, 1000));
+    let r = replies(&mut shard);
+    assert_eq!(
+        r[1..3],
+        [
+            (
+                2,
+                Reply::Failed(EngineError::OffsetOutOfRange {
+                    offset: 5,
+                    log_start: 0,
+                    high_watermark: 1
+                })
+            ),
+            (3, Reply::Failed(EngineError::UnknownPartition(tp(9)))),
+        ]
+    );
+    assert!(matches!(
+        r[3],
+        (4, Reply::Failed(EngineError::InvalidBatch(_)))
+    ));
+}
+
+#[test]
+fn a_failed_fsync_fails_the_waiting_producers_and_poisons_the_partition() {
+    let mem = Mem::default();
+    let mut shard = shard_with(&mem, 1);
+    block_on(shard.produce(0, 1, &tp(0), batch(&["a"], 0), AckPolicy::All, 1000));
+    mem.0.borrow()[&tp(0)].fail_syncs(1);
+    block_on(shard.flush(1));
+    let r = replies(&mut shard);
+    assert!(
+        matches!(r[..], [(1, Reply::Failed(EngineError::StorageFailed(_)))]),
+        "{r:?}"
+    );
+    block_on(shard.produce(2, 2, &tp(0), batch(&["b"], 0), AckPolicy::All, 1000));
+    let r = replies(&mut shard);
+    assert!(
+        matches!(r[..], [(2, Reply::Failed(EngineError::StorageFailed(_)))]),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn offsets_survive_a_restart_and_list_offsets_answers() {
+    let mem = Mem::default();
+    let mut shard = shard_with(&mem, 1);
+    for i in 0..10i64 {
+        block_on(shard.produce(
+            0,
+            i as u64,
+            &tp(0),
+            batch(&["r"], 1_000 * i),
+            AckPolicy::All,
+            1000,
+        ));
+    }
+    block_on(shard.flush(1));
+    block_on(shard.close(2)).unwrap();
+    let mut shard = shard_with(&mem, 1);
+    let q = |shard: &Shard<Mem>, q| block_on(shard.list_offsets(&tp(0), q)).unwrap();
+    assert_eq!(q(&shard, OffsetQuery::Earliest), Some(0));
+    assert_eq!(q(&shard, OffsetQuery::Latest), Some(10));
+    assert_eq!(q(&shard, OffsetQuery::Timestamp(4_500)), Some(5));
+    assert_eq!(q(&shard, OffsetQuery::Timestamp(99_000)), None);
+    block_on(shard.produce(3, 99, &tp(0), batch(&["next"], 0), AckPolicy::All, 1000));
+    block_on(shard.flush(4));
+    assert_eq!(
+        replies(&mut shard),
+        vec![(
+            99,
+            Reply::Produced {
+                base_offset: 10,
+                last_offset: 10
+            }
+        )]
+    );
+}
+
+#[test]
+fn delete_partition_fails_its_waiters_and_removes_its_files() {
+    let mem = Mem::default();
+    let mut shard = shard_with(&mem, 2);
+    block_on(shard.fetch(0, 1, &tp(1), 0, 100, 10_000));
+    block_on(shard.delete_partition(&tp(1))).unwrap();
+    assert_eq!(
+        replies(&mut shard),
+        vec![(1, Reply::Failed(EngineError::UnknownPartition(tp(1))))]
+    );
+    assert!(!mem.0.borrow().contains_key(&tp(1)));
+    assert_eq!(shard.partitions().count(), 1);
+}
