@@ -1,7 +1,9 @@
-//! Sluice's record-batch format: the unit a producer sends, the Raft log stores and a
-//! consumer fetches. The exact bytes are specified in `PROTOCOL.md` beside this crate.
+//! Sluice's two byte formats: the record batch (the unit a producer sends, the Raft log
+//! stores and a consumer fetches) and the wire protocol that carries it (frames, requests,
+//! responses and error codes, in [`wire`]). The exact bytes are specified in `PROTOCOL.md`
+//! beside this crate. Pure: no runtime, socket, file or clock.
 //!
-//! The model:
+//! The record batch's model:
 //!
 //! - **Zero-copy.** A batch travels as the producer encoded it. [`BatchView`] validates a
 //!   borrowed byte slice once and then hands out keys, values and headers as sub-slices of
@@ -17,7 +19,9 @@
 //! - **One encoding per value.** Varints must be minimal and records must fill the batch
 //!   exactly, so any batch that parses re-encodes with [`BatchBuilder`] to the same bytes.
 //!
-//! Frames and requests of the wire protocol will live here too (see `PROTOCOL.md`).
+//! The wire protocol's model is on [`wire`]. Its header encoding is bincode 2.0.1, pinned
+//! and unmaintained (RUSTSEC-2025-0141), named only in the private `codec` module and the
+//! derives on the message types.
 //!
 //! ```
 //! use sluice_proto::{set_base_offset, BatchBuilder, BatchView, Limits};
@@ -43,6 +47,9 @@
 )]
 
 pub mod batch;
+mod codec;
 mod varint;
+pub mod wire;
 
 pub use batch::*;
+pub use wire::*;
