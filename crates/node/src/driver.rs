@@ -1,0 +1,456 @@
+//! The shard thread: a glommio executor that owns one [`Shard`] and runs its flush
+//! cycle over the shard's bounded request queue.
+//!
+//! One cycle:
+//! 1. wait for a request: forever when nothing waits inside the shard (no pending
+//!    acknowledgement or long-poll), otherwise at most until the next tick is due;
+//! 2. take whatever else is queued, up to `cycle_requests_max`;
+//! 3. hand each request to the shard core in queue order (appends and reads are
+//!    awaited one at a time: the core is `&mut`);
+//! 4. if anything was appended, `Shard::flush` once: one fdatasync per dirty
+//!    partition, all issued together, is the group commit for every append of the
+//!    cycle;
+//! 5. `Shard::tick` when `tick_ms` has passed since the last one (ack timeouts and
+//!    long-poll deadlines);
+//! 6. send every reply the core queued to its caller's oneshot.
+//!
+//! While the flush is in flight nothing else on the shard runs; requests arriving
+//! meanwhile queue up and form the next cycle's group. That is the simple form of
+//! group commit: it overlaps nothing with the fsync on the same shard (a pipelined
+//! driver that appends the next group while the previous one syncs would need the
+//! core to track two durable marks per partition).
+//!
+//! The loop ends when the queue is closed and drained. If the engine asked for a
+//! clean stop (`shutdown`), the shard closes every partition (final flush, clean
+//! marker); otherwise (every handle dropped) it just drops them, which the next
+//! start recovers like a crash.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_channel::oneshot;
+use futures_util::future::{select, Either};
+use sluice_engine::{
+    AckPolicy, EngineError, OffsetQuery, Reply, Shard, ShardConfig, Token, TopicPartition,
+};
+use sluice_storage::{LogConfig, RecoveryReport};
+
+use crate::provider::GlommioProvider;
+use crate::stats::{LatencyHistogram, PartitionStats};
+
+/// What the handle asks of a shard.
+#[derive(Debug)]
+pub(crate) enum Request {
+    Produce {
+        tp: TopicPartition,
+        batch: Vec<u8>,
+        acks: AckPolicy,
+        timeout_ms: u32,
+        reply: oneshot::Sender<Reply>,
+    },
+    Fetch {
+        tp: TopicPartition,
+        offset: u64,
+        max_bytes: u32,
+        max_wait_ms: u32,
+        reply: oneshot::Sender<Reply>,
+    },
+    ListOffsets {
+        tp: TopicPartition,
+        query: OffsetQuery,
+        reply: oneshot::Sender<Result<Option<u64>, EngineError>>,
+    },
+    Open {
+        partitions: Vec<(TopicPartition, LogConfig)>,
+        reply: oneshot::Sender<Vec<Opened>>,
+    },
+    Delete {
+        partitions: Vec<TopicPartition>,
+        reply: oneshot::Sender<Vec<(TopicPartition, Result<(), EngineError>)>>,
+    },
+    Stats {
+        reply: oneshot::Sender<ShardReport>,
+    },
+}
+
+/// The outcome of opening one partition.
+pub(crate) type Opened = (TopicPartition, Result<RecoveryReport, EngineError>);
+
+/// What a shard reports for the stats (the handle adds the directory sizes).
+#[derive(Debug)]
+pub(crate) struct ShardReport {
+    pub core: sluice_engine::ShardStats,
+    pub cycles: u64,
+    pub requests: u64,
+    pub cycle_requests_seen_max: u64,
+    pub flush_latency: LatencyHistogram,
+    pub partitions: Vec<PartitionStats>,
+}
+
+/// What a shard reports once its initial partitions are open: every outcome, in
+/// order, stopping at the first failure.
+pub(crate) struct Started {
+    pub shard: usize,
+    pub opened: Vec<Opened>,
+    pub elapsed: Duration,
+}
+
+/// Everything a shard thread is given.
+pub(crate) struct ShardTask {
+    pub index: usize,
+    pub provider: GlommioProvider,
+    pub config: ShardConfig,
+    pub rx: async_channel::Receiver<Request>,
+    pub initial: Vec<(TopicPartition, LogConfig)>,
+    pub started: mpsc::Sender<Started>,
+    pub clean_stop: Arc<AtomicBool>,
+    pub done: oneshot::Sender<Result<(), EngineError>>,
+    pub cycle_requests_max: usize,
+    pub tick_ms: u64,
+}
+
+/// Wall-clock milliseconds since the epoch, the time the pure core is given.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A request waiting inside the core for its reply.
+struct Pending {
+    tp: TopicPartition,
+    reply: oneshot::Sender<Reply>,
+    /// Batch bytes of a produce (counted once it is appended and answered).
+    produce_bytes: u64,
+}
+
+/// Per-partition counters the driver keeps (the core counts per shard).
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    produce_requests: u64,
+    produce_bytes: u64,
+    fetch_requests: u64,
+    fetch_bytes: u64,
+    errors: u64,
+}
+
+struct Driver {
+    index: usize,
+    shard: Shard<GlommioProvider>,
+    pending: HashMap<Token, Pending>,
+    next_token: Token,
+    /// Only for partitions the shard owns, so unknown names cannot grow it.
+    counters: HashMap<TopicPartition, Counters>,
+    cycles: u64,
+    requests: u64,
+    cycle_requests_seen_max: u64,
+    flush_latency: LatencyHistogram,
+}
+
+impl ShardTask {
+    /// The shard thread's whole life.
+    pub(crate) async fn run(self) {
+        let ShardTask {
+            index,
+            provider,
+            config,
+            rx,
+            initial,
+            started,
+            clean_stop,
+            done,
+            cycle_requests_max,
+            tick_ms,
+        } = self;
+        let mut d = Driver {
+            index,
+            shard: Shard::new(provider, config),
+            pending: HashMap::new(),
+            next_token: 0,
+            counters: HashMap::new(),
+            cycles: 0,
+            requests: 0,
+            cycle_requests_seen_max: 0,
+            flush_latency: LatencyHistogram::default(),
+        };
+
+        let t0 = Instant::now();
+        let mut opened = Vec::with_capacity(initial.len());
+        for (tp, log) in initial {
+            let r = d.open(tp.clone(), log).await;
+            let failed = r.is_err();
+            opened.push((tp, r));
+            if failed {
+                break;
+            }
+        }
+        // Nobody listening means the engine gave up starting: the loop below still
+        // runs until the queue is closed.
+        let _ = started.send(Started {
+            shard: index,
+            opened,
+            elapsed: t0.elapsed(),
+        });
+        drop(started);
+
+        d.run_loop(&rx, cycle_requests_max.max(1), tick_ms.max(1))
+            .await;
+
+        let result = if clean_stop.load(Ordering::SeqCst) {
+            let r = d.shard.close(now_ms()).await;
+            d.deliver();
+            if let Err(e) = &r {
+                tracing::error!(shard = index, error = %e, "engine: closing a partition failed");
+            }
+            r
+        } else {
+            tracing::warn!(
+                shard = index,
+                "engine: stopped without shutdown; partitions not closed cleanly"
+            );
+            Ok(())
+        };
+        // Unanswered requests (only after an unclean stop) see their sender dropped.
+        d.pending.clear();
+        let _ = done.send(result);
+    }
+}
+
+impl Driver {
+    async fn open(
+        &mut self,
+        tp: TopicPartition,
+        log: LogConfig,
+    ) -> Result<RecoveryReport, EngineError> {
+        let r = self.shard.open_partition(tp.clone(), log, now_ms()).await;
+        if r.is_ok() {
+            self.counters.insert(tp, Counters::default());
+        }
+        r
+    }
+
+    async fn run_loop(
+        &mut self,
+        rx: &async_channel::Receiver<Request>,
+        cycle_max: usize,
+        tick_ms: u64,
+    ) {
+        let tick = Duration::from_millis(tick_ms);
+        let mut last_tick = Instant::now();
+        let mut batch: Vec<Request> = Vec::with_capacity(cycle_max);
+        loop {
+            // 1. Wait for work, or for the next tick while something waits on one.
+            let first = if self.pending.is_empty() {
+                rx.recv().await.ok()
+            } else {
+                let wait = tick.saturating_sub(last_tick.elapsed());
+                let recv = std::pin::pin!(rx.recv());
+                let timer = std::pin::pin!(glommio::timer::sleep(wait));
+                match select(recv, timer).await {
+                    Either::Left((r, _)) => r.ok(),
+                    // Time for a tick; the queue may still hold nothing.
+                    Either::Right(((), _)) => match rx.try_recv() {
+                        Ok(req) => Some(req),
+                        Err(async_channel::TryRecvError::Empty) => {
+                            self.tick_if_due(&mut last_tick, tick).await;
+                            continue;
+                        }
+                        Err(async_channel::TryRecvError::Closed) => None,
+                    },
+                }
+            };
+            // `None`: closed and drained (recv only fails then).
+            let Some(first) = first else { break };
+            batch.push(first);
+            // 2. Whatever else is queued, up to the cap.
+            while batch.len() < cycle_max {
+                match rx.try_recv() {
+                    Ok(req) => batch.push(req),
+                    Err(_) => break,
+                }
+            }
+            self.cycles += 1;
+            self.requests += batch.len() as u64;
+            self.cycle_requests_seen_max = self.cycle_requests_seen_max.max(batch.len() as u64);
+            // 3. Each request, in queue order.
+            let now = now_ms();
+            for req in batch.drain(..) {
+                self.handle(req, now).await;
+            }
+            // acks=none and immediate reads need not wait for the fsync.
+            self.deliver();
+            // 4. The group commit.
+            if self.shard.has_dirty() {
+                let t = Instant::now();
+                self.shard.flush(now_ms()).await;
+                let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+                self.flush_latency.record(us);
+                self.deliver();
+            }
+            // 5. Deadlines.
+            self.tick_if_due(&mut last_tick, tick).await;
+        }
+    }
+
+    async fn tick_if_due(&mut self, last_tick: &mut Instant, tick: Duration) {
+        if last_tick.elapsed() >= tick {
+            *last_tick = Instant::now();
+            self.shard.tick(now_ms()).await;
+            self.deliver();
+        }
+    }
+
+    fn token(&mut self) -> Token {
+        let t = self.next_token;
+        self.next_token = self.next_token.wrapping_add(1);
+        t
+    }
+
+    async fn handle(&mut self, req: Request, now: i64) {
+        match req {
+            Request::Produce {
+                tp,
+                batch,
+                acks,
+                timeout_ms,
+                reply,
+            } => {
+                if let Some(c) = self.counters.get_mut(&tp) {
+                    c.produce_requests += 1;
+                }
+                let produce_bytes = batch.len() as u64;
+                let token = self.token();
+                self.shard
+                    .produce(now, token, &tp, batch, acks, timeout_ms)
+                    .await;
+                self.pending.insert(
+                    token,
+                    Pending {
+                        tp,
+                        reply,
+                        produce_bytes,
+                    },
+                );
+            }
+            Request::Fetch {
+                tp,
+                offset,
+                max_bytes,
+                max_wait_ms,
+                reply,
+            } => {
+                if let Some(c) = self.counters.get_mut(&tp) {
+                    c.fetch_requests += 1;
+                }
+                let token = self.token();
+                self.shard
+                    .fetch(now, token, &tp, offset, max_bytes, max_wait_ms)
+                    .await;
+                self.pending.insert(
+                    token,
+                    Pending {
+                        tp,
+                        reply,
+                        produce_bytes: 0,
+                    },
+                );
+            }
+            Request::ListOffsets { tp, query, reply } => {
+                let r = self.shard.list_offsets(&tp, query).await;
+                if r.is_err() {
+                    if let Some(c) = self.counters.get_mut(&tp) {
+                        c.errors += 1;
+                    }
+                }
+                let _ = reply.send(r);
+            }
+            Request::Open { partitions, reply } => {
+                let mut out = Vec::with_capacity(partitions.len());
+                for (tp, log) in partitions {
+                    let r = self.open(tp.clone(), log).await;
+                    out.push((tp, r));
+                }
+                let _ = reply.send(out);
+            }
+            Request::Delete { partitions, reply } => {
+                let mut out = Vec::with_capacity(partitions.len());
+                for tp in partitions {
+                    let r = self.shard.delete_partition(&tp).await;
+                    self.counters.remove(&tp);
+                    out.push((tp, r));
+                }
+                // The deleted partitions' waiters were answered `UnknownPartition`.
+                self.deliver();
+                let _ = reply.send(out);
+            }
+            Request::Stats { reply } => {
+                let report = self.report().await;
+                let _ = reply.send(report);
+            }
+        }
+    }
+
+    /// Sends every reply the core has queued.
+    fn deliver(&mut self) {
+        while let Some((token, reply)) = self.shard.poll_reply() {
+            let pending = self.pending.remove(&token);
+            assert!(
+                pending.is_some(),
+                "node: shard {} answered token {token}, which it was never given",
+                self.index
+            );
+            let Some(p) = pending else { continue };
+            if let Some(c) = self.counters.get_mut(&p.tp) {
+                match &reply {
+                    Reply::Fetched { batches, .. } => c.fetch_bytes += batches.bytes.len() as u64,
+                    Reply::Failed(_) => c.errors += 1,
+                    Reply::Produced { .. } => c.produce_bytes += p.produce_bytes,
+                }
+            }
+            // The caller may have given up (its future dropped): nothing to do.
+            let _ = p.reply.send(reply);
+        }
+    }
+
+    async fn report(&self) -> ShardReport {
+        let mut partitions = Vec::with_capacity(self.counters.len());
+        let tps: Vec<TopicPartition> = self.shard.partitions().cloned().collect();
+        for tp in tps {
+            let hw = self
+                .shard
+                .list_offsets(&tp, OffsetQuery::Latest)
+                .await
+                .ok()
+                .flatten();
+            let start = self
+                .shard
+                .list_offsets(&tp, OffsetQuery::Earliest)
+                .await
+                .ok()
+                .flatten();
+            let c = self.counters.get(&tp).copied().unwrap_or_default();
+            partitions.push(PartitionStats {
+                tp,
+                high_watermark: hw.unwrap_or(0),
+                log_start: start.unwrap_or(0),
+                log_bytes: 0,
+                segments: 0,
+                produce_requests: c.produce_requests,
+                produce_bytes: c.produce_bytes,
+                fetch_requests: c.fetch_requests,
+                fetch_bytes: c.fetch_bytes,
+                errors: c.errors,
+            });
+        }
+        ShardReport {
+            core: self.shard.stats(),
+            cycles: self.cycles,
+            requests: self.requests,
+            cycle_requests_seen_max: self.cycle_requests_seen_max,
+            flush_latency: self.flush_latency.clone(),
+            partitions,
+        }
+    }
+}
