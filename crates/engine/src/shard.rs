@@ -131,8 +131,13 @@ impl EngineError {
 /// An answer to one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    /// The batch got these offsets (and is durable, unless `acks=none`).
-    Produced { base_offset: u64, last_offset: u64 },
+    /// The batch got these offsets (and is durable, unless `acks=none`); the
+    /// partition's log start after the append.
+    Produced {
+        base_offset: u64,
+        last_offset: u64,
+        log_start: u64,
+    },
     /// Whole stored batches below the high watermark (possibly none).
     Fetched {
         batches: Batches,
@@ -144,10 +149,21 @@ pub enum Reply {
 }
 
 /// Limits and defaults of a shard.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardConfig {
     /// Per-partition limits on waiting requests.
     pub wait_limits: WaitLimits,
+    /// How often `tick` applies each partition's retention (whole sealed segments).
+    pub retention_interval_ms: i64,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        Self {
+            wait_limits: WaitLimits::default(),
+            retention_interval_ms: 30_000,
+        }
+    }
 }
 
 /// Counters for the metrics edge.
@@ -160,6 +176,8 @@ pub struct ShardStats {
     pub flushes: u64,
     pub partitions_synced: u64,
     pub errors: u64,
+    pub segments_deleted: u64,
+    pub retention_errors: u64,
 }
 
 #[derive(Debug)]
@@ -178,6 +196,8 @@ pub struct Shard<P: StorageProvider> {
     partitions: BTreeMap<TopicPartition, Partition<P::S>>,
     replies: VecDeque<(Token, Reply)>,
     stats: ShardStats,
+    /// When retention last ran (`None`: not yet).
+    retention_ms: Option<i64>,
 }
 
 impl<P: StorageProvider> Shard<P> {
@@ -189,6 +209,7 @@ impl<P: StorageProvider> Shard<P> {
             partitions: BTreeMap::new(),
             replies: VecDeque::new(),
             stats: ShardStats::default(),
+            retention_ms: None,
         }
     }
 
@@ -334,6 +355,7 @@ impl<P: StorageProvider> Shard<P> {
                     Some(Reply::Produced {
                         base_offset: at.base_offset,
                         last_offset: at.last_offset,
+                        log_start: p.log.log_start_offset(),
                     })
                 } else {
                     let ack = PendingAck {
@@ -474,8 +496,30 @@ impl<P: StorageProvider> Shard<P> {
         }
     }
 
-    /// Answers deadlines that passed.
+    /// Applies every partition's retention now: whole sealed segments past their
+    /// size or age limit are deleted. Returns the segments deleted.
+    pub async fn apply_retention(&mut self, now_ms: i64) -> u64 {
+        let mut deleted = 0;
+        for p in self.partitions.values_mut() {
+            match p.log.apply_retention(now_ms).await {
+                Ok(r) => deleted += r.segments_deleted as u64,
+                // A poisoned log refuses; its producers already got StorageFailed.
+                Err(_) => self.stats.retention_errors += 1,
+            }
+        }
+        self.stats.segments_deleted += deleted;
+        self.retention_ms = Some(now_ms);
+        deleted
+    }
+
+    /// Answers deadlines that passed, and applies retention when it is due.
     pub async fn tick(&mut self, now_ms: i64) {
+        let due = self
+            .retention_ms
+            .is_none_or(|t| now_ms.saturating_sub(t) >= self.config.retention_interval_ms);
+        if due {
+            self.apply_retention(now_ms).await;
+        }
         let mut expired: Vec<(TopicPartition, Vec<Ready>)> = Vec::new();
         for (tp, p) in self.partitions.iter_mut() {
             let mut ready = Vec::new();
@@ -500,13 +544,20 @@ impl<P: StorageProvider> Shard<P> {
                     self.note_fetch(&reply);
                     self.reply(f.token, reply);
                 }
-                Ready::Acked(a) => self.reply(
-                    a.token,
-                    Reply::Produced {
-                        base_offset: a.base_offset,
-                        last_offset: a.last_offset,
-                    },
-                ),
+                Ready::Acked(a) => {
+                    let log_start = self
+                        .partitions
+                        .get(tp)
+                        .map_or(0, |p| p.log.log_start_offset());
+                    self.reply(
+                        a.token,
+                        Reply::Produced {
+                            base_offset: a.base_offset,
+                            last_offset: a.last_offset,
+                            log_start,
+                        },
+                    );
+                }
                 Ready::AckTimedOut(a) => {
                     self.reply(a.token, Reply::Failed(EngineError::TimedOut));
                 }

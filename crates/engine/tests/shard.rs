@@ -88,7 +88,8 @@ fn acks_all_answers_after_the_flush_and_consumers_never_see_undurable_data() {
             1,
             Reply::Produced {
                 base_offset: 0,
-                last_offset: 1
+                last_offset: 1,
+                log_start: 0
             }
         )]
     );
@@ -112,7 +113,8 @@ fn acks_none_answers_at_once() {
             7,
             Reply::Produced {
                 base_offset: 0,
-                last_offset: 0
+                last_offset: 0,
+                log_start: 0
             }
         )]
     );
@@ -266,7 +268,8 @@ fn offsets_survive_a_restart_and_list_offsets_answers() {
             99,
             Reply::Produced {
                 base_offset: 10,
-                last_offset: 10
+                last_offset: 10,
+                log_start: 0
             }
         )]
     );
@@ -284,4 +287,42 @@ fn delete_partition_fails_its_waiters_and_removes_its_files() {
     );
     assert!(!mem.0.borrow().contains_key(&tp(1)));
     assert_eq!(shard.partitions().count(), 1);
+}
+
+#[test]
+fn tick_applies_retention_on_its_interval() {
+    let mem = Mem::default();
+    let mut shard = Shard::new(
+        mem.clone(),
+        ShardConfig {
+            retention_interval_ms: 1_000,
+            ..ShardConfig::default()
+        },
+    );
+    let config = LogConfig {
+        segment_bytes_max: 4 * 1024,
+        retention_bytes_max: Some(8 * 1024),
+        ..LogConfig::default()
+    };
+    block_on(shard.open_partition(tp(0), config, 0)).unwrap();
+    block_on(shard.tick(0));
+    let value = "v".repeat(500);
+    for i in 0..100u64 {
+        block_on(shard.produce(0, i, &tp(0), batch(&[&value], 0), AckPolicy::All, 1000));
+    }
+    block_on(shard.flush(1));
+    replies(&mut shard);
+    block_on(shard.tick(500));
+    assert_eq!(shard.stats().segments_deleted, 0, "not due yet");
+    block_on(shard.tick(1_000));
+    assert!(shard.stats().segments_deleted > 0);
+    let start = block_on(shard.list_offsets(&tp(0), OffsetQuery::Earliest))
+        .unwrap()
+        .unwrap();
+    assert!(start > 0, "the log start moved past deleted segments");
+    block_on(shard.fetch(1_000, 999, &tp(0), 0, 100, 0));
+    assert!(matches!(
+        replies(&mut shard)[..],
+        [(999, Reply::Failed(EngineError::OffsetOutOfRange { .. }))]
+    ));
 }

@@ -38,6 +38,9 @@ use sluice_engine::{
 use sluice_storage::{LogConfig, RecoveryReport};
 
 use crate::provider::GlommioProvider;
+
+/// Longest an idle shard sleeps before it ticks anyway (retention, housekeeping).
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 use crate::stats::{LatencyHistogram, PartitionStats};
 
 /// What the handle asks of a shard.
@@ -241,11 +244,14 @@ impl Driver {
         let mut last_tick = Instant::now();
         let mut batch: Vec<Request> = Vec::with_capacity(cycle_max);
         loop {
-            // 1. Wait for work, or for the next tick while something waits on one.
-            let first = if self.pending.is_empty() {
-                rx.recv().await.ok()
-            } else {
-                let wait = tick.saturating_sub(last_tick.elapsed());
+            // 1. Wait for work, or for the next tick while something waits on one
+            //    (an idle shard still ticks every HOUSEKEEPING, for retention).
+            let first = {
+                let wait = if self.pending.is_empty() {
+                    HOUSEKEEPING
+                } else {
+                    tick.saturating_sub(last_tick.elapsed())
+                };
                 let recv = std::pin::pin!(rx.recv());
                 let timer = std::pin::pin!(glommio::timer::sleep(wait));
                 match select(recv, timer).await {
@@ -294,6 +300,7 @@ impl Driver {
         }
     }
 
+    /// Deadline checks (and, inside `Shard::tick`, retention) once `tick` passed.
     async fn tick_if_due(&mut self, last_tick: &mut Instant, tick: Duration) {
         if last_tick.elapsed() >= tick {
             *last_tick = Instant::now();

@@ -68,6 +68,8 @@ pub struct EngineConfig {
     pub log_defaults: LogConfig,
     /// Per-partition limits on waiting produce and fetch requests.
     pub wait_limits: WaitLimits,
+    /// How often each shard applies its partitions' retention.
+    pub retention_interval_ms: u64,
 }
 
 impl EngineConfig {
@@ -83,6 +85,7 @@ impl EngineConfig {
             data_file_mode: DataFileMode::default(),
             log_defaults: LogConfig::default(),
             wait_limits: WaitLimits::default(),
+            retention_interval_ms: 30_000,
         }
     }
 
@@ -147,6 +150,17 @@ pub enum RequestError {
     /// not have been appended (indeterminate).
     #[error("engine stopped before answering")]
     Stopped,
+}
+
+/// Where a produced batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Produced {
+    /// Offset of the batch's first record.
+    pub base_offset: u64,
+    /// Offset of its last record.
+    pub last_offset: u64,
+    /// The partition's log start after the append.
+    pub log_start: u64,
 }
 
 /// Whole stored batches from a fetch.
@@ -307,6 +321,8 @@ impl Engine {
                 provider: GlommioProvider::new(&config.data_dir, config.data_file_mode),
                 config: ShardConfig {
                     wait_limits: config.wait_limits,
+                    retention_interval_ms: i64::try_from(config.retention_interval_ms)
+                        .unwrap_or(i64::MAX),
                 },
                 rx,
                 initial,
@@ -552,7 +568,7 @@ impl EngineHandle {
         batch: Vec<u8>,
         acks: AckPolicy,
         timeout_ms: u32,
-    ) -> Result<(u64, u64), RequestError> {
+    ) -> Result<Produced, RequestError> {
         let timeout_ms = timeout_ms.min(PRODUCE_TIMEOUT_MS_MAX);
         let tp = tp.clone();
         let shard = self.inner.shard_of(&tp);
@@ -570,7 +586,12 @@ impl EngineHandle {
             Reply::Produced {
                 base_offset,
                 last_offset,
-            } => Ok((base_offset, last_offset)),
+                log_start,
+            } => Ok(Produced {
+                base_offset,
+                last_offset,
+                log_start,
+            }),
             Reply::Failed(e) => Err(e.into()),
             Reply::Fetched { .. } => Err(unexpected("produce")),
         }

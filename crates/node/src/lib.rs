@@ -78,7 +78,7 @@ pub mod stats;
 pub mod topics;
 
 pub use engine::{
-    Engine, EngineConfig, EngineHandle, Fetched, RequestError, StartError, StartupReport,
+    Engine, EngineConfig, EngineHandle, Fetched, Produced, RequestError, StartError, StartupReport,
     FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX, PRODUCE_TIMEOUT_MS_MAX, QUEUE_DEPTH_MAX, SHARDS_MAX,
     TICK_MS_MAX,
 };

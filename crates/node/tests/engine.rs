@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use sluice_io::DataFileMode;
 use sluice_node::{
-    AckPolicy, Engine, EngineConfig, EngineError, EngineHandle, OffsetQuery, RegistryError,
-    RequestError, StartError, TopicConfig, TopicError, TopicPartition, TopicRegistry,
+    AckPolicy, Engine, EngineConfig, EngineError, EngineHandle, OffsetQuery, Produced,
+    RegistryError, RequestError, StartError, TopicConfig, TopicError, TopicPartition,
+    TopicRegistry,
 };
 use sluice_proto::{batches, BatchBuilder, Limits};
 
@@ -92,7 +93,11 @@ async fn fill(
     for p in 0..partitions {
         for i in 0..per_partition {
             let v = format!("{tag}-{p}-{i}").into_bytes();
-            let (base, last) = h
+            let Produced {
+                base_offset: base,
+                last_offset: last,
+                ..
+            } = h
                 .produce(&tp(topic, p), batch(&[&v]), AckPolicy::All, WAIT_MS)
                 .await
                 .unwrap();
@@ -131,7 +136,11 @@ async fn ten_thousand_concurrent_produces_over_eight_partitions_read_back_exactl
             for i in 0..PER_TASK {
                 let p = (t + i) % 8;
                 let v = format!("task{t}-rec{i}").into_bytes();
-                let (base, last) = h
+                let Produced {
+                    base_offset: base,
+                    last_offset: last,
+                    ..
+                } = h
                     .produce(&tp("orders", p), batch(&[&v]), AckPolicy::All, WAIT_MS)
                     .await
                     .unwrap();
@@ -245,7 +254,9 @@ async fn clean_restart(mode: DataFileMode) {
     assert_eq!(h.topic("logs").map(|t| t.config), Some(cfg));
     assert_holds(&h, "logs", &want).await;
     // Offsets go on where they stopped.
-    let (base, _) = h
+    let Produced {
+        base_offset: base, ..
+    } = h
         .produce(&tp("logs", 3), batch(&[b"after"]), AckPolicy::All, WAIT_MS)
         .await
         .unwrap();
@@ -417,7 +428,7 @@ async fn unknown_topics_partitions_and_bad_input_are_typed_errors() {
         .await
         .unwrap();
     let unknown = |topic: &str, p| {
-        Err::<(u64, u64), _>(RequestError::Engine(EngineError::UnknownPartition(tp(
+        Err::<Produced, _>(RequestError::Engine(EngineError::UnknownPartition(tp(
             topic, p,
         ))))
     };
@@ -547,7 +558,9 @@ async fn a_full_queue_makes_producers_wait_and_every_produce_succeeds() {
         tasks.push(tokio::spawn(async move {
             let v = format!("r{i}").into_bytes();
             let p = i % 2;
-            let (base, _) = h
+            let Produced {
+                base_offset: base, ..
+            } = h
                 .produce(&tp("bp", p), batch(&[&v]), AckPolicy::All, WAIT_MS)
                 .await
                 .unwrap();
