@@ -122,7 +122,7 @@ pub struct ShardSnapshot {
 }
 
 /// The whole engine.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EngineStats {
     pub shards: Vec<ShardSnapshot>,
     /// Requests that found their shard's queue full and waited (backpressure).
