@@ -1,0 +1,225 @@
+//! The broker's configuration: a TOML file, then command-line flags over it. With
+//! neither, a dev broker: data in `./sluice-data`, QUIC on `127.0.0.1:7878`, admin
+//! HTTP on `127.0.0.1:7879`, a generated dev CA, one shard per core.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Default QUIC listen address of a dev broker.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7878));
+/// Default admin HTTP address of a dev broker.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7879));
+/// Default data directory of a dev broker.
+pub const DEFAULT_DATA_DIR: &str = "./sluice-data";
+
+/// Command-line flags; each overrides the same setting of the config file.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "sluice-server",
+    version,
+    about = "The Sluice event-stream broker"
+)]
+pub struct Flags {
+    /// TOML configuration file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Data directory (topics, partition logs, dev TLS material).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// QUIC listen address for clients.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// HTTP listen address for /metrics, /health and /ready.
+    #[arg(long)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Engine shards (threads, one per core by default).
+    #[arg(long)]
+    pub shards: Option<usize>,
+}
+
+/// The config file's shape. Every field is optional; see [`Settings`] for defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub shards: Option<usize>,
+    pub node_id: Option<u32>,
+    /// Address clients are told to use (defaults to `listen`).
+    pub advertised_addr: Option<String>,
+    #[serde(default)]
+    pub tls: TlsFile,
+    #[serde(default)]
+    pub storage: StorageFile,
+    #[serde(default)]
+    pub limits: LimitsFile,
+}
+
+/// `[tls]`: with neither path, dev mode.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// `[storage]`: broker defaults for every partition log.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageFile {
+    pub segment_bytes: Option<u64>,
+    pub retention_bytes: Option<u64>,
+    pub retention_ms: Option<u64>,
+    /// `"buffered"` (default) or `"direct"` (O_DIRECT).
+    pub data_file_mode: Option<String>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub in_flight_per_connection: Option<u32>,
+    pub connections: Option<u32>,
+    pub queue_depth: Option<usize>,
+}
+
+/// Everything resolved: file, then flags, then defaults.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub shards: Option<usize>,
+    pub node_id: u32,
+    pub advertised_addr: String,
+    pub tls: TlsFile,
+    pub storage: StorageFile,
+    pub limits: LimitsFile,
+}
+
+/// Why the configuration could not be used (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Reads the config file named by `flags` (if any) and applies the flags.
+    pub fn resolve(flags: &Flags) -> Result<Settings, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => load(path)?,
+            None => FileConfig::default(),
+        };
+        Self::merge(file, flags)
+    }
+
+    fn merge(file: FileConfig, flags: &Flags) -> Result<Settings, ConfigError> {
+        let listen = flags.listen.or(file.listen).unwrap_or(DEFAULT_LISTEN);
+        let admin_listen = flags
+            .admin_listen
+            .or(file.admin_listen)
+            .unwrap_or(DEFAULT_ADMIN_LISTEN);
+        if file.tls.cert.is_some() != file.tls.key.is_some() {
+            return Err(ConfigError::Invalid(
+                "[tls] needs both cert and key (or neither, for dev mode)".into(),
+            ));
+        }
+        if let Some(mode) = &file.storage.data_file_mode {
+            if mode != "buffered" && mode != "direct" {
+                return Err(ConfigError::Invalid(format!(
+                    "[storage] data_file_mode must be \"buffered\" or \"direct\", not {mode:?}"
+                )));
+            }
+        }
+        Ok(Settings {
+            data_dir: flags
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            listen,
+            admin_listen,
+            shards: flags.shards.or(file.shards),
+            node_id: file.node_id.unwrap_or(1),
+            advertised_addr: file.advertised_addr.unwrap_or_else(|| listen.to_string()),
+            tls: file.tls,
+            storage: file.storage,
+            limits: file.limits,
+        })
+    }
+}
+
+fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        Flags::parse_from(std::iter::once("sluice-server").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn no_arguments_is_a_dev_broker() {
+        let s = Settings::resolve(&flags(&[])).unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("./sluice-data"));
+        assert_eq!(s.listen.to_string(), "127.0.0.1:7878");
+        assert_eq!(s.admin_listen.to_string(), "127.0.0.1:7879");
+        assert!(s.tls.cert.is_none());
+    }
+
+    #[test]
+    fn flags_override_the_file_and_bad_files_are_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/srv/sluice\"\nlisten = \"0.0.0.0:9000\"\nshards = 2\n[storage]\nsegment_bytes = 1048576\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let s = Settings::resolve(&flags(&["--config", p, "--shards", "1"])).unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("/srv/sluice"));
+        assert_eq!(s.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(s.shards, Some(1));
+        assert_eq!(s.storage.segment_bytes, Some(1 << 20));
+        std::fs::write(&path, "listen = 7\n").unwrap();
+        assert!(matches!(
+            Settings::resolve(&flags(&["--config", p])),
+            Err(ConfigError::Parse { .. })
+        ));
+        std::fs::write(&path, "bogus = 1\n").unwrap();
+        assert!(matches!(
+            Settings::resolve(&flags(&["--config", p])),
+            Err(ConfigError::Parse { .. })
+        ));
+        std::fs::write(&path, "[tls]\ncert = \"a.pem\"\n").unwrap();
+        assert!(matches!(
+            Settings::resolve(&flags(&["--config", p])),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+}

@@ -1,0 +1,226 @@
+//! `sluice-server`: one Sluice broker. With no arguments, a dev broker: data in
+//! `./sluice-data`, QUIC on 127.0.0.1:7878 with a generated dev CA, admin HTTP on
+//! 127.0.0.1:7879. SIGTERM or Ctrl-C stops it gracefully: stop accepting, drain
+//! in-flight requests, flush and close every partition, exit 0. Exit codes are in
+//! `exit.rs` and `docs/OPERATIONS.md`.
+
+mod admin;
+mod config;
+mod exit;
+mod lock;
+mod metrics;
+mod service;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use sluice_gateway::{Gateway, GatewayConfig, Reply, Service, TlsSource};
+use sluice_io::DataFileMode;
+use sluice_node::{Engine, EngineConfig, StartError};
+use sluice_proto::wire::{Request, RequestHeader};
+use tracing::{error, info, warn};
+
+use crate::config::{Flags, Settings};
+use crate::service::{BrokerService, NodeIdentity};
+
+/// How long a graceful stop waits for in-flight requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+impl Service for BrokerService {
+    fn handle(
+        &self,
+        header: RequestHeader,
+        request: Request,
+        payload: Vec<u8>,
+    ) -> impl std::future::Future<Output = Reply> + Send {
+        let this = self.clone();
+        async move {
+            let (response, payload) = BrokerService::handle(&this, header, request, payload).await;
+            Reply::with_payload(response, payload)
+        }
+    }
+}
+
+fn main() {
+    let flags = Flags::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    std::process::exit(run(&flags));
+}
+
+fn run(flags: &Flags) -> i32 {
+    let settings = match Settings::resolve(flags) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("configuration: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let _lock = match lock::lock_data_dir(&settings.data_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            error!("data directory {}: {e}", settings.data_dir.display());
+            return exit::DATA_DIR;
+        }
+    };
+    let engine_config = match engine_config(&settings) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("configuration: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let engine = match Engine::start(engine_config) {
+        Ok(e) => e,
+        Err(e) => {
+            error!("engine: {e}");
+            return match e {
+                StartError::Config(_) => exit::CONFIG,
+                StartError::Recovery { .. } => exit::RECOVERY,
+                StartError::Registry(_) => exit::DATA_DIR,
+                _ => exit::FAILURE,
+            };
+        }
+    };
+    let report = engine.startup();
+    info!(
+        partitions = report.partitions.len(),
+        clean = report.all_clean(),
+        recovery_ms = report.elapsed.as_millis() as u64,
+        shards = engine.shard_count(),
+        "engine started"
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sluice-gateway")
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            error!("tokio runtime: {e}");
+            return exit::FAILURE;
+        }
+    };
+    runtime.block_on(serve(settings, engine))
+}
+
+fn engine_config(s: &Settings) -> Result<EngineConfig, String> {
+    let mut c = EngineConfig::new(&s.data_dir);
+    c.shards = s.shards;
+    if let Some(b) = s.storage.segment_bytes {
+        c.log_defaults.segment_bytes_max = b;
+    }
+    if let Some(b) = s.storage.retention_bytes {
+        c.log_defaults.retention_bytes_max = Some(b);
+    }
+    if let Some(ms) = s.storage.retention_ms {
+        c.log_defaults.retention_age_ms_max = Some(ms);
+    }
+    c.data_file_mode = match s.storage.data_file_mode.as_deref() {
+        None | Some("buffered") => DataFileMode::Buffered,
+        Some("direct") => DataFileMode::Direct,
+        Some(other) => return Err(format!("unknown data_file_mode {other:?}")),
+    };
+    if let Some(q) = s.limits.queue_depth {
+        c.queue_depth = q;
+    }
+    Ok(c)
+}
+
+async fn serve(settings: Settings, engine: sluice_node::EngineHandle) -> i32 {
+    let tls = match (&settings.tls.cert, &settings.tls.key) {
+        (Some(cert), Some(key)) => TlsSource::Files {
+            cert_pem: cert.clone(),
+            key_pem: key.clone(),
+        },
+        _ => {
+            let dir = settings.data_dir.join("tls");
+            info!(
+                ca = %sluice_gateway::dev_ca_path(&dir).display(),
+                "dev mode: TLS with a generated CA; clients trust this file (sluice --ca)"
+            );
+            TlsSource::Dev { dir }
+        }
+    };
+    let mut gconfig = GatewayConfig::new(settings.listen, tls);
+    if let Some(n) = settings.limits.in_flight_per_connection {
+        gconfig.in_flight_per_connection_max = n;
+    }
+    if let Some(n) = settings.limits.connections {
+        gconfig.connections_max = n;
+    }
+    let service = Arc::new(BrokerService::new(
+        engine.clone(),
+        NodeIdentity {
+            node_id: settings.node_id,
+            addr: settings.advertised_addr.clone(),
+            cluster_id: "sluice-dev".into(),
+        },
+    ));
+    let gateway = match Gateway::bind(gconfig, service) {
+        Ok(g) => g,
+        Err(e) => {
+            error!("QUIC listener on {}: {e}", settings.listen);
+            let _ = engine.shutdown().await;
+            return exit::LISTEN;
+        }
+    };
+    info!(addr = %gateway.local_addr(), "accepting QUIC connections (ALPN sluice/1)");
+    let admin = match admin::start(
+        settings.admin_listen,
+        engine.clone(),
+        gateway.stats().clone(),
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            error!("admin HTTP listener on {}: {e}", settings.admin_listen);
+            gateway.shutdown(Duration::ZERO).await;
+            let _ = engine.shutdown().await;
+            return exit::LISTEN;
+        }
+    };
+    info!(addr = %admin.local_addr(), "admin HTTP: /metrics /health /ready");
+    admin.set_ready(true);
+
+    wait_for_stop_signal().await;
+    info!("stopping: draining in-flight requests");
+    admin.set_ready(false);
+    let drained = gateway.shutdown(SHUTDOWN_GRACE).await;
+    info!(?drained, "gateway stopped");
+    let code = match engine.shutdown().await {
+        Ok(()) => {
+            info!("every partition flushed and closed cleanly");
+            exit::OK
+        }
+        Err(e) => {
+            error!("engine shutdown: {e}");
+            exit::FAILURE
+        }
+    };
+    admin.stop().await;
+    code
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("cannot watch SIGTERM ({e}); only Ctrl-C stops the broker");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT"),
+    }
+}
