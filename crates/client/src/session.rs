@@ -13,10 +13,14 @@
 //!    send, at most `in_flight_per_partition_max` per partition so a partition's
 //!    batches are acknowledged in the order they were produced;
 //! 5. [`SendQueue::complete`] with the outcome: done, retry later (the batch goes back
-//!    to the front of its partition's queue, after a backoff), or failed.
+//!    to the front of its partition's queue, after a backoff), or failed;
+//!    [`RetryPolicy::decide`] says which, from the error's facts;
+//! 6. [`Accumulator::release`] the batch's bytes once it is done or failed for good.
+#![warn(missing_docs)]
 
 use std::collections::{BTreeMap, VecDeque};
 
+use sluice_proto::wire::WriteOutcome;
 use sluice_proto::{BatchBuilder, BatchError, Limits};
 
 /// The stable hash from record key to partition, shared by every Sluice SDK:
@@ -60,18 +64,23 @@ impl Partitioner {
     /// The partition for a record with `key`, of `partitions`.
     pub fn partition(&mut self, key: Option<&[u8]>, partitions: u32) -> u32 {
         assert!(partitions > 0, "client: topic without partitions");
+        // `next` is kept below `partitions`, so `sealed` can compare it with a partition
+        // number (it once grew past the count and the sticky choice then froze).
+        self.next %= partitions;
         match (self.strategy, key) {
             (PartitionStrategy::KeyHash, Some(k)) => partition_for_key(k, partitions),
-            (PartitionStrategy::KeyHash, None) => self.next % partitions,
+            (PartitionStrategy::KeyHash, None) => self.next,
             (PartitionStrategy::RoundRobin, _) => {
-                let p = self.next % partitions;
-                self.next = self.next.wrapping_add(1);
+                let p = self.next;
+                self.next = (p + 1) % partitions;
                 p
             }
         }
     }
 
-    /// A keyless batch was sealed on `partition`: the sticky choice moves on.
+    /// A batch was sealed on `partition`: if keyless records were sticking to it, the
+    /// sticky choice moves on to the next partition. Calling it again for the same
+    /// batch, or for a partition that is not the sticky one, changes nothing.
     pub fn sealed(&mut self, partition: u32) {
         if self.strategy == PartitionStrategy::KeyHash && self.next == partition {
             self.next = self.next.wrapping_add(1);
@@ -107,9 +116,13 @@ impl Default for BatchConfig {
 /// A record to batch, borrowed from the caller.
 #[derive(Debug, Clone, Copy)]
 pub struct RecordRef<'a> {
+    /// Milliseconds since the Unix epoch.
     pub timestamp: i64,
+    /// The record key (`None`: null key).
     pub key: Option<&'a [u8]>,
+    /// The record value (`None`: null value, a tombstone).
     pub value: Option<&'a [u8]>,
+    /// Headers in order: (key, value), a null value as `None`.
     pub headers: &'a [(&'a str, Option<&'a [u8]>)],
 }
 
@@ -125,13 +138,57 @@ impl<'a> RecordRef<'a> {
     }
 }
 
+/// A close estimate of a record's encoded size, used to seal a batch before it would
+/// pass `batch_bytes_max`: its bytes plus a few bytes of varints per field.
+fn record_bytes_estimate(record: &RecordRef<'_>) -> usize {
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len) + 4)
+        .sum();
+    record.key.map_or(0, <[u8]>::len) + record.value.map_or(0, <[u8]>::len) + headers + 16
+}
+
+/// Most encoded varint bytes around one record (body length, timestamp and offset
+/// deltas, key and value lengths, header count: at most 10 bytes each) plus its
+/// attributes byte.
+const RECORD_OVERHEAD_BYTES_MAX: usize = 6 * 10 + 1;
+/// Most encoded varint bytes around one header (key and value lengths).
+const HEADER_OVERHEAD_BYTES_MAX: usize = 2 * 10;
+
+/// An upper bound of the bytes `record` adds to a batch: a producer that reserves this
+/// much buffer space per record never holds more than it reserved.
+pub fn record_bytes_max(record: &RecordRef<'_>) -> usize {
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len) + HEADER_OVERHEAD_BYTES_MAX)
+        .sum();
+    record.key.map_or(0, <[u8]>::len)
+        + record.value.map_or(0, <[u8]>::len)
+        + headers
+        + RECORD_OVERHEAD_BYTES_MAX
+}
+
 /// A sealed batch ready to send, with the caller's handle for each record.
 #[derive(Debug)]
 pub struct ReadyBatch<T> {
+    /// The partition the batch is for.
     pub partition: u32,
+    /// The encoded batch (`BatchBuilder::finish`), what a produce request carries.
     pub bytes: Vec<u8>,
     /// One handle per record, in record order (record `i` gets offset `base + i`).
     pub records: Vec<T>,
+}
+
+/// A record [`Accumulator::push`] did not take, with the caller's handle given back so
+/// the driver can resolve it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected<T> {
+    /// Why.
+    pub error: PushError,
+    /// The handle that came with the record.
+    pub handle: T,
 }
 
 /// Why a record was not taken.
@@ -172,42 +229,45 @@ impl<T> Accumulator<T> {
         }
     }
 
-    /// Bytes held, open or sealed, not yet released.
+    /// Bytes held, open or sealed, not yet released: every batch's encoded bytes,
+    /// header included.
     pub fn buffered_bytes(&self) -> usize {
         self.buffered_bytes
     }
 
     /// Adds a record to `partition`'s open batch. Returns the partition whose batch
-    /// it sealed, if any (for [`Partitioner::sealed`]).
+    /// it sealed, if any (for [`Partitioner::sealed`]), or the handle back with the
+    /// reason the record was refused.
     pub fn push(
         &mut self,
         now_ms: i64,
         partition: u32,
         record: RecordRef<'_>,
         handle: T,
-    ) -> Result<Option<u32>, PushError> {
+    ) -> Result<Option<u32>, Rejected<T>> {
         let RecordRef {
             timestamp: ts,
             key,
             value,
             headers,
         } = record;
-        // An estimate of the record's encoded size (varints and attributes aside).
-        let size = key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len) + 16;
-        if self.buffered_bytes > 0 && self.buffered_bytes + size > self.config.buffer_bytes_max {
-            return Err(PushError::BufferFull);
+        let size = record_bytes_estimate(&record);
+        if self.buffered_bytes > 0
+            && self.buffered_bytes.saturating_add(size) > self.config.buffer_bytes_max
+        {
+            return Err(Rejected {
+                error: PushError::BufferFull,
+                handle,
+            });
         }
         let mut sealed = None;
         let max = self.config.batch_bytes_max;
-        if self
-            .open
-            .get(&partition)
-            .is_some_and(|b| !b.builder.is_empty() && b.builder.encoded_len() + size > max)
-        {
+        if self.open.get(&partition).is_some_and(|b| {
+            !b.builder.is_empty() && b.builder.encoded_len().saturating_add(size) > max
+        }) {
             self.seal(partition);
             sealed = Some(partition);
         }
-        let mut tries = 0;
         loop {
             let open = self.open_batch(partition, now_ms);
             let before = open.builder.encoded_len();
@@ -223,44 +283,79 @@ impl<T> Accumulator<T> {
                     }
                     return Ok(sealed);
                 }
-                // Alone in a fresh batch it still breaks a limit: it can never go.
-                Err(e) if open.builder.is_empty() || tries > 0 => {
-                    if open.builder.is_empty() {
-                        self.open.remove(&partition);
-                    }
-                    return Err(PushError::Invalid(e));
-                }
-                // The batch is full by a batch limit: seal it, retry in a fresh one.
-                Err(_) => {
+                // The open batch is full by a batch limit (its size or record count): seal
+                // it and try once more in a fresh one (whose builder is empty, so this arm
+                // cannot match twice).
+                Err(BatchError::BadLength { .. } | BatchError::TooManyRecords { .. })
+                    if !open.builder.is_empty() =>
+                {
                     self.seal(partition);
                     sealed = Some(partition);
-                    tries += 1;
+                }
+                // A record limit, or a fresh batch that still refuses it: it can never go.
+                // The open batch (if it has records) is left as it was.
+                Err(e) => {
+                    self.discard_if_empty(partition);
+                    return Err(Rejected {
+                        error: PushError::Invalid(e),
+                        handle,
+                    });
                 }
             }
         }
     }
 
+    /// The open batch of `partition`, opened now if there is none. A new batch's header
+    /// bytes count as buffered from here on, so that releasing a sealed batch's
+    /// `bytes.len()` frees exactly what it held.
     fn open_batch(&mut self, partition: u32, now_ms: i64) -> &mut OpenBatch<T> {
         let limits = self.config.limits;
-        self.open.entry(partition).or_insert_with(|| OpenBatch {
-            builder: BatchBuilder::new(limits),
-            records: Vec::new(),
-            opened_ms: now_ms,
+        let buffered = &mut self.buffered_bytes;
+        self.open.entry(partition).or_insert_with(|| {
+            let builder = BatchBuilder::new(limits);
+            *buffered += builder.encoded_len();
+            OpenBatch {
+                builder,
+                records: Vec::new(),
+                opened_ms: now_ms,
+            }
         })
+    }
+
+    fn discard_if_empty(&mut self, partition: u32) {
+        if self
+            .open
+            .get(&partition)
+            .is_some_and(|b| b.builder.is_empty())
+        {
+            if let Some(open) = self.open.remove(&partition) {
+                self.buffered_bytes = self
+                    .buffered_bytes
+                    .saturating_sub(open.builder.encoded_len());
+            }
+        }
     }
 
     fn seal(&mut self, partition: u32) {
         let Some(open) = self.open.remove(&partition) else {
             return;
         };
+        let held = open.builder.encoded_len();
         match open.builder.finish() {
-            Ok(bytes) => self.sealed.push_back(ReadyBatch {
-                partition,
-                bytes,
-                records: open.records,
-            }),
-            // An empty builder has no records to lose.
-            Err(_) => debug_assert!(open.records.is_empty()),
+            Ok(bytes) => {
+                // Pair assertion with `open_batch`/`push`: what was counted is what goes.
+                assert_eq!(bytes.len(), held, "client: batch size accounting");
+                self.sealed.push_back(ReadyBatch {
+                    partition,
+                    bytes,
+                    records: open.records,
+                });
+            }
+            // An empty builder has no records to lose; give its header bytes back.
+            Err(_) => {
+                assert!(open.records.is_empty(), "client: records in an empty batch");
+                self.buffered_bytes = self.buffered_bytes.saturating_sub(held);
+            }
         }
     }
 
@@ -322,10 +417,15 @@ pub enum Outcome {
 }
 
 /// Orders sends: per partition in produce order, at most N in flight per partition.
+/// Partitions take turns: [`next`](Self::next) looks first at the partitions after the
+/// one it served last, so a total in-flight limit above this queue cannot starve the
+/// higher-numbered partitions.
 #[derive(Debug)]
 pub struct SendQueue<B> {
     in_flight_per_partition_max: usize,
     queues: BTreeMap<u32, PartitionQueue<B>>,
+    /// Where the next search starts: one past the partition served last.
+    cursor: u32,
 }
 
 #[derive(Debug)]
@@ -341,6 +441,7 @@ impl<B> SendQueue<B> {
         Self {
             in_flight_per_partition_max: in_flight_per_partition_max.max(1),
             queues: BTreeMap::new(),
+            cursor: 0,
         }
     }
 
@@ -362,12 +463,20 @@ impl<B> SendQueue<B> {
     /// The next batch to send now, with its partition.
     pub fn next(&mut self, now_ms: i64) -> Option<(u32, B)> {
         let max = self.in_flight_per_partition_max;
-        let (p, q) = self.queues.iter_mut().find(|(_, q)| {
+        let ready = |q: &PartitionQueue<B>| {
             q.in_flight < max && !q.waiting.is_empty() && q.not_before_ms <= now_ms
-        })?;
+        };
+        let p = self
+            .queues
+            .range(self.cursor..)
+            .chain(self.queues.range(..self.cursor))
+            .find(|(_, q)| ready(q))
+            .map(|(p, _)| *p)?;
+        let q = self.queues.get_mut(&p)?;
         let batch = q.waiting.pop_front()?;
         q.in_flight += 1;
-        Some((*p, batch))
+        self.cursor = p.wrapping_add(1);
+        Some((p, batch))
     }
 
     /// A send on `partition` finished. On `RetryAt`, the batch (handed back here) goes
@@ -381,12 +490,56 @@ impl<B> SendQueue<B> {
         }
     }
 
+    /// Takes out every waiting batch of the partitions numbered `first` and above (0:
+    /// all of them), each partition's in queue order; sends in flight are not touched
+    /// and are still to be [`complete`](Self::complete)d. For a topic that was deleted
+    /// or shrank.
+    pub fn drain_waiting(&mut self, first: u32) -> Vec<(u32, B)> {
+        let mut out = Vec::new();
+        for (p, q) in self.queues.range_mut(first..) {
+            out.extend(q.waiting.drain(..).map(|b| (*p, b)));
+            q.not_before_ms = i64::MIN;
+        }
+        out
+    }
+
+    /// Takes out, per partition, the waiting batches at the front of its queue for
+    /// which `expired` holds, stopping at the first that does not. A partition's batches
+    /// wait in the order they were made (a retried one, the oldest, goes back to the
+    /// front), so with a deadline per batch this takes exactly the expired ones. For
+    /// delivery timeouts.
+    pub fn drain_expired(&mut self, mut expired: impl FnMut(&B) -> bool) -> Vec<(u32, B)> {
+        let mut out = Vec::new();
+        for (p, q) in &mut self.queues {
+            while q.waiting.front().is_some_and(&mut expired) {
+                if let Some(b) = q.waiting.pop_front() {
+                    out.push((*p, b));
+                }
+            }
+        }
+        out
+    }
+
+    /// The least `key` over the batches first in line in each partition (e.g. the
+    /// earliest delivery deadline, to wake for [`drain_expired`](Self::drain_expired)).
+    pub fn min_front<K: Ord>(&self, key: impl Fn(&B) -> K) -> Option<K> {
+        self.queues
+            .values()
+            .filter_map(|q| q.waiting.front().map(&key))
+            .min()
+    }
+
     /// Batches waiting or in flight.
     pub fn pending(&self) -> usize {
         self.queues
             .values()
             .map(|q| q.waiting.len() + q.in_flight)
             .sum()
+    }
+
+    /// Sends in flight.
+    pub fn in_flight(&self) -> usize {
+        self.queues.values().map(|q| q.in_flight).sum()
     }
 
     /// The earliest time a paused partition may send again, if one is paused.
@@ -396,6 +549,73 @@ impl<B> SendQueue<B> {
             .filter(|q| !q.waiting.is_empty() && q.not_before_ms > now_ms)
             .map(|q| q.not_before_ms)
             .min()
+    }
+}
+
+/// When a failed send is tried again. Pure: the driver supplies the facts of the error
+/// (see `ClientError::is_retriable` and `ClientError::write_outcome`).
+///
+/// A failure is retried when it is retriable, the batch has been retried fewer than
+/// `retries` times, and either nothing can have been appended (definite) or
+/// `retry_indeterminate` allows it. Without the idempotent producer, retrying an
+/// indeterminate failure (a timeout, a connection lost after the request left) may
+/// append the batch twice: order is kept (the retry goes first in its partition), but
+/// records may be duplicated. That is why `retry_indeterminate` defaults to off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Most retries of one batch after its first attempt.
+    pub retries: u32,
+    /// Backoff before the first retry; it doubles for each further one.
+    pub backoff_ms: u64,
+    /// Cap on the backoff.
+    pub backoff_max_ms: u64,
+    /// Whether a failure that may have appended the batch is retried (may duplicate).
+    pub retry_indeterminate: bool,
+}
+
+impl Default for RetryPolicy {
+    /// 10 retries, 100 ms doubling up to 5 s, indeterminate failures not retried.
+    fn default() -> Self {
+        RetryPolicy {
+            retries: 10,
+            backoff_ms: 100,
+            backoff_max_ms: 5_000,
+            retry_indeterminate: false,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The backoff after the `failures`-th consecutive failure (1 = the first):
+    /// `backoff_ms * 2^(failures - 1)`, at most `backoff_max_ms`.
+    pub fn backoff_after(&self, failures: u32) -> u64 {
+        let doublings = failures.saturating_sub(1).min(63);
+        self.backoff_ms
+            .saturating_mul(1u64 << doublings)
+            .min(self.backoff_max_ms)
+    }
+
+    /// What to do with a batch after its `failures`-th failed attempt (1 = the first
+    /// send failed): [`Outcome::RetryAt`] (not before the backoff, nor before the
+    /// broker's `retry_after_ms` when it throttled) or [`Outcome::Failed`].
+    pub fn decide(
+        &self,
+        now_ms: i64,
+        failures: u32,
+        retriable: bool,
+        outcome: WriteOutcome,
+        retry_after_ms: Option<u32>,
+    ) -> Outcome {
+        let allowed = retriable
+            && failures <= self.retries
+            && (outcome == WriteOutcome::Definite || self.retry_indeterminate);
+        if !allowed {
+            return Outcome::Failed;
+        }
+        let wait = self
+            .backoff_after(failures)
+            .max(retry_after_ms.map_or(0, u64::from));
+        Outcome::RetryAt(now_ms.saturating_add(i64::try_from(wait).unwrap_or(i64::MAX)))
     }
 }
 
@@ -470,7 +690,10 @@ mod tests {
             .unwrap();
         assert_eq!(
             acc.push(0, 0, RecordRef::new(0, None, Some(&value)), 2),
-            Err(PushError::BufferFull)
+            Err(Rejected {
+                error: PushError::BufferFull,
+                handle: 2
+            })
         );
         let b = acc.poll_ready(0).unwrap();
         acc.release(acc.buffered_bytes());
@@ -489,12 +712,13 @@ mod tests {
             ..cfg(1_000, 0)
         });
         let err = acc
-            .push(0, 0, RecordRef::new(0, None, Some(&[0u8; 11])), ())
+            .push(0, 0, RecordRef::new(0, None, Some(&[0u8; 11])), 7)
             .unwrap_err();
         assert!(matches!(
-            err,
+            err.error,
             PushError::Invalid(BatchError::RecordTooLarge { .. })
         ));
+        assert_eq!(err.handle, 7, "the handle comes back");
         assert!(acc.is_empty());
     }
 
@@ -516,5 +740,273 @@ mod tests {
         q.complete(0, Outcome::Done, None);
         q.complete(1, Outcome::Done, None);
         assert_eq!(q.pending(), 0);
+    }
+
+    #[test]
+    fn sticky_choice_keeps_moving_past_the_partition_count() {
+        let mut p = Partitioner::new(PartitionStrategy::KeyHash);
+        let mut seen = Vec::new();
+        for _ in 0..7 {
+            let chosen = p.partition(None, 3);
+            seen.push(chosen);
+            p.sealed(chosen);
+            p.sealed(chosen); // a second notice for the same batch changes nothing
+        }
+        assert_eq!(seen, vec![0, 1, 2, 0, 1, 2, 0]);
+        let mut rr = Partitioner::new(PartitionStrategy::RoundRobin);
+        let got: Vec<u32> = (0..4).map(|_| rr.partition(None, 2)).collect();
+        assert_eq!(got, vec![0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn releasing_every_batch_frees_exactly_what_was_buffered() {
+        let mut acc = Accumulator::new(cfg(500, 0));
+        let value = [3u8; 90];
+        let headers = [("h", Some(&b"v"[..]))];
+        for i in 0..40u32 {
+            let record = RecordRef {
+                headers: &headers,
+                ..RecordRef::new(i64::from(i), Some(b"key"), Some(&value))
+            };
+            acc.push(0, i % 3, record, i).unwrap();
+        }
+        assert!(acc.buffered_bytes() > 0);
+        let batches: Vec<ReadyBatch<u32>> = std::iter::from_fn(|| acc.poll_ready(0)).collect();
+        let mut held: usize = batches.iter().map(|b| b.bytes.len()).sum();
+        assert_eq!(acc.buffered_bytes(), held, "header bytes count too");
+        let mut handles = Vec::new();
+        for b in batches {
+            assert!(b.bytes.len() <= 500, "batch of {} bytes", b.bytes.len());
+            acc.release(b.bytes.len());
+            held -= b.bytes.len();
+            assert_eq!(acc.buffered_bytes(), held);
+            handles.extend(b.records);
+        }
+        handles.sort_unstable();
+        assert_eq!(handles, (0..40).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_record_over_a_record_limit_leaves_the_open_batch_alone() {
+        let mut acc = Accumulator::new(BatchConfig {
+            limits: Limits {
+                value_bytes_max: 10,
+                ..Limits::default()
+            },
+            ..cfg(1_000, 100)
+        });
+        acc.push(0, 0, RecordRef::new(0, None, Some(b"ok")), 1)
+            .unwrap();
+        let held = acc.buffered_bytes();
+        assert!(matches!(
+            acc.push(0, 0, RecordRef::new(0, None, Some(&[0u8; 11])), 2),
+            Err(Rejected {
+                error: PushError::Invalid(BatchError::RecordTooLarge { .. }),
+                handle: 2
+            })
+        ));
+        assert_eq!(acc.buffered_bytes(), held);
+        assert!(acc.poll_ready(0).is_none(), "the open batch was not sealed");
+        let b = acc.poll_ready(100).unwrap();
+        assert_eq!(b.records, vec![1]);
+    }
+
+    #[test]
+    fn a_batch_full_by_record_count_is_sealed_and_the_record_goes_in_the_next() {
+        let mut acc = Accumulator::new(BatchConfig {
+            limits: Limits {
+                records_max: 2,
+                ..Limits::default()
+            },
+            ..cfg(100_000, 0)
+        });
+        for i in 0..5u32 {
+            acc.push(0, 0, RecordRef::new(0, None, Some(b"v")), i)
+                .unwrap();
+        }
+        let batches: Vec<Vec<u32>> = std::iter::from_fn(|| acc.poll_ready(0))
+            .map(|b| b.records)
+            .collect();
+        assert_eq!(batches, vec![vec![0, 1], vec![2, 3], vec![4]]);
+    }
+
+    #[test]
+    fn record_bytes_max_bounds_what_a_record_adds() {
+        let mut acc = Accumulator::new(cfg(1 << 20, 0));
+        let headers = [("a", Some(&[1u8; 200][..])), ("bb", None)];
+        for (key, value) in [
+            (None, None),
+            (Some(&b"k"[..]), Some(&[9u8; 300][..])),
+            (Some(&[1u8; 20_000][..]), None),
+        ] {
+            for hs in [&headers[..], &[]] {
+                let record = RecordRef {
+                    headers: hs,
+                    ..RecordRef::new(-5, key, value)
+                };
+                let before = acc.buffered_bytes();
+                acc.push(0, 0, record, ()).unwrap();
+                let grown = acc.buffered_bytes() - before;
+                assert!(grown <= record_bytes_max(&record), "{grown} bytes");
+            }
+        }
+    }
+
+    #[test]
+    fn send_queue_partitions_take_turns() {
+        let mut q = SendQueue::new(1);
+        for p in 0..3u32 {
+            for i in 0..3u32 {
+                q.enqueue(p, (p, i));
+            }
+        }
+        // A driver with one send in flight in total: partition 0 must not win every time.
+        let mut order = Vec::new();
+        while let Some((p, b)) = q.next(0) {
+            order.push(b);
+            q.complete(p, Outcome::Done, None);
+        }
+        assert_eq!(
+            order,
+            vec![
+                (0, 0),
+                (1, 0),
+                (2, 0),
+                (0, 1),
+                (1, 1),
+                (2, 1),
+                (0, 2),
+                (1, 2),
+                (2, 2)
+            ]
+        );
+        assert_eq!(q.pending(), 0);
+    }
+
+    #[test]
+    fn drain_waiting_takes_queued_batches_and_leaves_in_flight_ones() {
+        let mut q = SendQueue::new(1);
+        q.enqueue(0, "a0");
+        q.enqueue(0, "a1");
+        q.enqueue(2, "c0");
+        q.enqueue(2, "c1");
+        assert_eq!(q.next(0), Some((0, "a0")));
+        q.complete(2, Outcome::RetryAt(1_000), None);
+        assert_eq!(q.drain_waiting(1), vec![(2, "c0"), (2, "c1")]);
+        assert_eq!(q.pending(), 2, "a0 in flight, a1 waiting");
+        assert_eq!(q.drain_waiting(0), vec![(0, "a1")]);
+        assert_eq!(q.in_flight(), 1);
+        q.complete(0, Outcome::Failed, None);
+        assert_eq!(q.pending(), 0);
+        q.enqueue(2, "c2");
+        assert_eq!(
+            q.next(0),
+            Some((2, "c2")),
+            "a drained partition is not paused"
+        );
+    }
+
+    #[test]
+    fn drain_expired_takes_only_the_expired_front_of_each_partition() {
+        let mut q = SendQueue::new(1);
+        for (p, deadline) in [(0, 5), (0, 9), (0, 6), (1, 20), (2, 1)] {
+            q.enqueue(p, deadline);
+        }
+        assert_eq!(q.next(0), Some((0, 5)), "in flight: not drained");
+        assert_eq!(q.min_front(|d| *d), Some(1));
+        // Partition 0 stops at 9 (its 6 is behind it); 20 is not due.
+        assert_eq!(q.drain_expired(|d| *d <= 8), vec![(2, 1)]);
+        assert_eq!(q.drain_expired(|d| *d <= 9), vec![(0, 9), (0, 6)]);
+        assert_eq!(q.min_front(|d| *d), Some(20));
+        assert_eq!(q.pending(), 2);
+    }
+
+    #[test]
+    fn retry_policy_backs_off_and_never_retries_an_indeterminate_write_by_default() {
+        let policy = RetryPolicy {
+            retries: 3,
+            backoff_ms: 100,
+            backoff_max_ms: 250,
+            retry_indeterminate: false,
+        };
+        let definite = WriteOutcome::Definite;
+        assert_eq!(
+            policy.decide(10, 1, true, definite, None),
+            Outcome::RetryAt(110)
+        );
+        assert_eq!(
+            policy.decide(10, 2, true, definite, None),
+            Outcome::RetryAt(210)
+        );
+        assert_eq!(
+            policy.decide(10, 3, true, definite, None),
+            Outcome::RetryAt(260)
+        );
+        assert_eq!(policy.decide(10, 4, true, definite, None), Outcome::Failed);
+        assert_eq!(policy.decide(10, 1, false, definite, None), Outcome::Failed);
+        assert_eq!(
+            policy.decide(10, 1, true, definite, Some(1_000)),
+            Outcome::RetryAt(1_010),
+            "the broker's retry_after wins when longer"
+        );
+        let indeterminate = WriteOutcome::Indeterminate;
+        assert_eq!(
+            policy.decide(10, 1, true, indeterminate, None),
+            Outcome::Failed
+        );
+        let opted_in = RetryPolicy {
+            retry_indeterminate: true,
+            ..policy
+        };
+        assert_eq!(
+            opted_in.decide(10, 1, true, indeterminate, None),
+            Outcome::RetryAt(110)
+        );
+        assert_eq!(policy.backoff_after(u32::MAX), 250);
+    }
+
+    proptest::proptest! {
+        /// Whatever the pushes, every record comes out exactly once, in push order per
+        /// partition, every batch parses to the records pushed, and releasing every batch
+        /// empties the buffer.
+        #[test]
+        fn accumulator_loses_nothing_and_keeps_order(
+            pushes in proptest::collection::vec((0u32..4, 0usize..300, 0i64..50), 1..200),
+            batch_bytes_max in 100usize..3_000,
+            linger_ms in 0u64..20,
+        ) {
+            let mut acc = Accumulator::new(cfg(batch_bytes_max, linger_ms));
+            let mut out: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+            let drain = |acc: &mut Accumulator<usize>, now: i64, out: &mut BTreeMap<u32, Vec<usize>>| {
+                while let Some(b) = acc.poll_ready(now) {
+                    let view = BatchView::parse(&b.bytes, &Limits::default()).unwrap();
+                    let values: Vec<usize> = view.records().map(|r| r.value.unwrap().len()).collect();
+                    proptest::prop_assert_eq!(values.len(), b.records.len());
+                    acc.release(b.bytes.len());
+                    out.entry(b.partition).or_default().extend(b.records);
+                }
+                Ok(())
+            };
+            let mut now = 0i64;
+            for (i, (partition, len, dt)) in pushes.iter().enumerate() {
+                now += dt;
+                let value = vec![0u8; *len];
+                acc.push(now, *partition, RecordRef::new(now, None, Some(&value)), i).unwrap();
+                drain(&mut acc, now, &mut out)?;
+            }
+            acc.seal_all();
+            drain(&mut acc, now, &mut out)?;
+            proptest::prop_assert!(acc.is_empty());
+            proptest::prop_assert_eq!(acc.buffered_bytes(), 0);
+            for (partition, got) in out {
+                let want: Vec<usize> = pushes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (p, _, _))| *p == partition)
+                    .map(|(i, _)| i)
+                    .collect();
+                proptest::prop_assert_eq!(got, want);
+            }
+        }
     }
 }

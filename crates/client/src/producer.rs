@@ -1,0 +1,1329 @@
+//! The producer: records in, batched produce requests out, one delivery future per
+//! record.
+//!
+//! Model. [`Producer::send`] checks a record, waits for buffer space (backpressure: at
+//! most `buffer_bytes_max` bytes of records are held, from `send` until their batch is
+//! acknowledged or fails), and hands it over a channel to the producer's one background
+//! task. That task, the *driver*, owns the pure session logic of [`crate::session`] per
+//! topic — a [`Partitioner`], an [`Accumulator`] and a [`SendQueue`] — plus the topic's
+//! cached partition count, and polls every request it has open (produce and metadata)
+//! itself, in one `FuturesUnordered`: no task per record or per request.
+//!
+//! Ordering. A partition has at most one produce request in flight. QUIC streams are
+//! independent, so two requests for one partition could reach the broker in either
+//! order; one at a time is what makes a partition's records land in `send` order,
+//! through retries too (a retried batch goes back to the front of its partition's
+//! queue). `in_flight_max` bounds the requests in flight over all partitions.
+//!
+//! Failures. Every failed record resolves its [`DeliveryFuture`] with a
+//! [`DeliveryError`] that says whether the record may be in the log
+//! ([`WriteOutcome`]): it is indeterminate if *any* attempt was. Retriable definite
+//! failures (`NotLeader`, `UnknownTopic` after a metadata refresh, `Throttled`,
+//! `TooManyRequests`, `ShuttingDown`, a refused stream, a failed reconnect) are retried
+//! up to `retries` times with exponential backoff. A definite non-retriable failure
+//! (`CorruptBatch`, `Unauthorized`, ...) fails at once. An indeterminate failure (a
+//! timeout, a connection lost after the request left, `RequestTimedOut`,
+//! `Interrupted`) fails at once too unless [`ProducerConfig::retry_indeterminate`] is
+//! set: this producer is not idempotent, so such a retry may append the batch twice
+//! (duplicates, never reordering). A record still waiting to be sent or retried
+//! `delivery_timeout_ms` after `send` fails with a timeout. While the broker cannot be
+//! reached, one request at a time probes the connection (with backoff) rather than
+//! every partition dialing and waiting out the connect timeout in turn.
+//!
+//! Metadata. The first record for a topic fetches its partition count (a `Metadata`
+//! request) and caches it; `NotLeader`, `UnknownTopic` and `UnknownPartition` answers
+//! refresh it before the retry. A topic the broker does not know fails its records at
+//! once with `UnknownTopic` (definite): the producer does not create topics.
+#![warn(missing_docs)]
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use sluice_proto::wire::{
+    validate_topic_name, Acks, ErrorCode, ErrorDetail, FrameError, MetadataOk, ProduceOk,
+    WriteOutcome,
+};
+use sluice_proto::{Limits, HEADER_LEN};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::error::ClientError;
+use crate::session::{
+    record_bytes_max, Accumulator, BatchConfig, Outcome, PartitionStrategy, Partitioner,
+    ReadyBatch, RecordRef, RetryPolicy, SendQueue,
+};
+use crate::transport::Client;
+
+/// Default [`ProducerConfig::batch_bytes_max`]: 256 KiB.
+pub const BATCH_BYTES_MAX_DEFAULT: usize = 256 * 1024;
+/// Default [`ProducerConfig::linger_ms`].
+pub const LINGER_MS_DEFAULT: u64 = 5;
+/// Default [`ProducerConfig::buffer_bytes_max`]: 64 MiB.
+pub const BUFFER_BYTES_MAX_DEFAULT: usize = 64 << 20;
+/// Default [`ProducerConfig::in_flight_max`].
+pub const IN_FLIGHT_MAX_DEFAULT: usize = 64;
+/// Default [`ProducerConfig::retries`].
+pub const RETRIES_DEFAULT: u32 = 10;
+/// Default [`ProducerConfig::retry_backoff_ms`].
+pub const RETRY_BACKOFF_MS_DEFAULT: u64 = 100;
+/// Default [`ProducerConfig::retry_backoff_max_ms`].
+pub const RETRY_BACKOFF_MAX_MS_DEFAULT: u64 = 5_000;
+/// Default [`ProducerConfig::request_timeout_ms`].
+pub const REQUEST_TIMEOUT_MS_DEFAULT: u32 = 30_000;
+/// Default [`ProducerConfig::delivery_timeout_ms`]: 2 minutes.
+pub const DELIVERY_TIMEOUT_MS_DEFAULT: u64 = 120_000;
+
+/// How a [`Producer`] batches, sends and retries. `Default` gives the `*_DEFAULT`
+/// constants, `acks = All` and the key-hash partitioner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerConfig {
+    /// A partition's batch is sealed before it would pass this many encoded bytes (a
+    /// record larger than this goes alone in its own batch). Default 256 KiB; at least
+    /// the 64-byte batch header plus one byte, at most `batch_limits.batch_bytes_max`.
+    pub batch_bytes_max: usize,
+    /// A batch is sent at most this long after its first record, full or not. Default
+    /// 5 ms; 0 sends as soon as a request slot is free.
+    pub linger_ms: u64,
+    /// Most bytes of records held, from `send` until their batch is acknowledged or
+    /// fails; `send` waits while it is full. Default 64 MiB. Each record counts its
+    /// worst-case encoded size (its bytes plus at most 61 bytes, and 20 per header); a
+    /// record larger than the whole buffer waits for the buffer to empty.
+    pub buffer_bytes_max: usize,
+    /// Durability asked of the broker before it acknowledges. Default `All`.
+    pub acks: Acks,
+    /// Most produce requests in flight, over all partitions; each partition has at most
+    /// one, which keeps its records in `send` order. Default 64.
+    pub in_flight_max: usize,
+    /// Most retries of one batch after its first attempt, for retriable failures.
+    /// Default 10.
+    pub retries: u32,
+    /// Backoff before the first retry of a batch; doubles for each further retry.
+    /// Default 100 ms.
+    pub retry_backoff_ms: u64,
+    /// Cap on the retry backoff. Default 5 s.
+    pub retry_backoff_max_ms: u64,
+    /// Whether failures that may have appended the batch (timeouts, a connection lost
+    /// after the request left, `RequestTimedOut`, `Interrupted`) are retried. Default
+    /// **off**: this producer is not idempotent, so such a retry may write the records
+    /// twice. With it on, records are still never reordered within a partition, but may
+    /// be duplicated.
+    pub retry_indeterminate: bool,
+    /// How long the broker may wait for a batch's durability before answering
+    /// `RequestTimedOut` (the request's `timeout_ms`). The client itself gives up
+    /// [`ClientOptions::request_timeout`](crate::ClientOptions::request_timeout) after
+    /// that. Default 30 s; `1..=wait_ms_max` (5 min).
+    pub request_timeout_ms: u32,
+    /// How long after `send` a record may still wait to be sent or retried: past it, a
+    /// record not in flight fails with [`ClientError::Timeout`] (definite unless an
+    /// earlier attempt may have appended it). A request in flight at the deadline is
+    /// not cut short: its answer decides. This is what bounds a record's wait while the
+    /// broker is unreachable. Default 2 min; at least `linger_ms`.
+    pub delivery_timeout_ms: u64,
+    /// How records without an explicit partition are spread. Default
+    /// [`PartitionStrategy::KeyHash`]: keyed records by [`crate::session::partition_for_key`],
+    /// keyless ones sticking to a partition until its batch is sealed.
+    pub partitioner: PartitionStrategy,
+    /// Record-batch limits the producer's batches respect (the broker's must admit
+    /// them). Default `Limits::DEFAULT`.
+    pub batch_limits: Limits,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            batch_bytes_max: BATCH_BYTES_MAX_DEFAULT,
+            linger_ms: LINGER_MS_DEFAULT,
+            buffer_bytes_max: BUFFER_BYTES_MAX_DEFAULT,
+            acks: Acks::All,
+            in_flight_max: IN_FLIGHT_MAX_DEFAULT,
+            retries: RETRIES_DEFAULT,
+            retry_backoff_ms: RETRY_BACKOFF_MS_DEFAULT,
+            retry_backoff_max_ms: RETRY_BACKOFF_MAX_MS_DEFAULT,
+            retry_indeterminate: false,
+            request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
+            delivery_timeout_ms: DELIVERY_TIMEOUT_MS_DEFAULT,
+            partitioner: PartitionStrategy::KeyHash,
+            batch_limits: Limits::DEFAULT,
+        }
+    }
+}
+
+impl ProducerConfig {
+    fn check(&self, wait_ms_max: u32) -> Result<(), ClientError> {
+        let bad = |what: &str| Err(ClientError::Config(format!("producer: {what}")));
+        let batch_max = usize::try_from(self.batch_limits.batch_bytes_max).unwrap_or(usize::MAX);
+        if self.batch_bytes_max <= HEADER_LEN || self.batch_bytes_max > batch_max {
+            return bad(
+                "batch_bytes_max must be above 64 and at most batch_limits.batch_bytes_max",
+            );
+        }
+        if self.buffer_bytes_max == 0 || self.buffer_bytes_max > Semaphore::MAX_PERMITS {
+            return bad("buffer_bytes_max must be positive and below 2^61");
+        }
+        if self.in_flight_max == 0 {
+            return bad("in_flight_max must be positive");
+        }
+        if self.batch_limits.records_max == 0 {
+            return bad("batch_limits.records_max must be positive");
+        }
+        if self.request_timeout_ms == 0 || self.request_timeout_ms > wait_ms_max {
+            return bad("request_timeout_ms must be in 1..=wait_ms_max");
+        }
+        if self.delivery_timeout_ms == 0 || self.delivery_timeout_ms < self.linger_ms {
+            return bad("delivery_timeout_ms must be positive and at least linger_ms");
+        }
+        if self.retry_backoff_max_ms < self.retry_backoff_ms {
+            return bad("retry_backoff_max_ms must be at least retry_backoff_ms");
+        }
+        Ok(())
+    }
+
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            retries: self.retries,
+            backoff_ms: self.retry_backoff_ms,
+            backoff_max_ms: self.retry_backoff_max_ms,
+            retry_indeterminate: self.retry_indeterminate,
+        }
+    }
+}
+
+/// One record to produce.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProducerRecord {
+    /// The topic (must exist; the producer does not create topics).
+    pub topic: String,
+    /// An explicit partition; `None` lets the [`PartitionStrategy`] choose.
+    pub partition: Option<u32>,
+    /// The key; keyed records go to `partition_for_key(key)` with the key-hash
+    /// partitioner.
+    pub key: Option<Vec<u8>>,
+    /// The value; `None` is a null value (a tombstone).
+    pub value: Option<Vec<u8>>,
+    /// Headers in order: (key, value), a null value as `None`.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// Milliseconds since the Unix epoch; `None` takes the time of `send`.
+    pub timestamp: Option<i64>,
+}
+
+impl ProducerRecord {
+    /// A record with `value` and nothing else set.
+    pub fn new(topic: impl Into<String>, value: impl Into<Vec<u8>>) -> ProducerRecord {
+        ProducerRecord {
+            topic: topic.into(),
+            value: Some(value.into()),
+            ..ProducerRecord::default()
+        }
+    }
+
+    /// Sets the key.
+    pub fn key(mut self, key: impl Into<Vec<u8>>) -> ProducerRecord {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sends to this partition instead of letting the partitioner choose.
+    pub fn partition(mut self, partition: u32) -> ProducerRecord {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, key: impl Into<String>, value: Option<Vec<u8>>) -> ProducerRecord {
+        self.headers.push((key.into(), value));
+        self
+    }
+
+    /// Sets the timestamp (ms since the Unix epoch).
+    pub fn timestamp(mut self, timestamp: i64) -> ProducerRecord {
+        self.timestamp = Some(timestamp);
+        self
+    }
+}
+
+/// Where an acknowledged record is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RecordMetadata {
+    /// The record's topic.
+    pub topic: String,
+    /// The partition it was appended to.
+    pub partition: u32,
+    /// Its offset in the partition.
+    pub offset: u64,
+    /// Its timestamp as stored (ms since the Unix epoch).
+    pub timestamp: i64,
+}
+
+/// Why a record was not acknowledged, and whether it may be in the log anyway.
+#[derive(Debug, Clone)]
+pub struct DeliveryError {
+    error: ClientError,
+    outcome: WriteOutcome,
+    attempts: u32,
+}
+
+impl DeliveryError {
+    /// The last failure.
+    pub fn error(&self) -> &ClientError {
+        &self.error
+    }
+
+    /// Whether the record may have been appended: `Indeterminate` when any attempt to
+    /// send it may have been, even if the last failure was definite.
+    pub fn write_outcome(&self) -> WriteOutcome {
+        self.outcome
+    }
+
+    /// True when the broker guarantees the record was not appended.
+    pub fn is_definite(&self) -> bool {
+        self.outcome == WriteOutcome::Definite
+    }
+
+    /// How many produce requests carried the record (0: it failed before any was
+    /// sent, e.g. for an unknown topic).
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The broker's error code, when the last failure was a broker answer.
+    pub fn code(&self) -> Option<ErrorCode> {
+        self.error.broker_error().map(|e| e.code)
+    }
+}
+
+impl fmt::Display for DeliveryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let outcome = match self.outcome {
+            WriteOutcome::Definite => "definitely not written",
+            WriteOutcome::Indeterminate => "may have been written",
+        };
+        write!(
+            f,
+            "record not acknowledged ({outcome}, {} attempts): {}",
+            self.attempts, self.error
+        )
+    }
+}
+
+impl std::error::Error for DeliveryError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// Resolves when the record is acknowledged (to its [`RecordMetadata`]) or has failed
+/// for good. Dropping it does not cancel the record.
+#[derive(Debug)]
+#[must_use = "a record's outcome is only known through its delivery future"]
+pub struct DeliveryFuture {
+    rx: oneshot::Receiver<Result<RecordMetadata, DeliveryError>>,
+}
+
+impl Future for DeliveryFuture {
+    type Output = Result<RecordMetadata, DeliveryError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match Pin::new(&mut self.rx).poll(cx) {
+            Poll::Ready(Ok(result)) => Poll::Ready(result),
+            // The driver resolves every record it took; it only drops one if its task
+            // died (the runtime shut down). The record may have been sent.
+            Poll::Ready(Err(_)) => Poll::Ready(Err(DeliveryError {
+                error: ClientError::ConnectionLost {
+                    reason: "the producer stopped before the record's outcome was known".to_owned(),
+                    outcome: WriteOutcome::Indeterminate,
+                },
+                outcome: WriteOutcome::Indeterminate,
+                attempts: 0,
+            })),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A producer on a [`Client`]'s connection. Cheap to clone: clones share the buffer and
+/// the background task. Made by [`Client::producer`].
+///
+/// When the last clone is dropped the background task still finishes every record it
+/// took (their delivery futures resolve), then stops; [`close`](Self::close) does the
+/// same and waits for it.
+#[derive(Debug, Clone)]
+pub struct Producer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    tx: mpsc::UnboundedSender<Command>,
+    buffer: Arc<Semaphore>,
+    closed: AtomicBool,
+    config: ProducerConfig,
+    name_limits: sluice_proto::wire::FrameLimits,
+}
+
+enum Command {
+    Record(Box<Submitted>),
+    Flush(oneshot::Sender<()>),
+    Close(oneshot::Sender<()>),
+}
+
+struct Submitted {
+    record: ProducerRecord,
+    timestamp: i64,
+    tx: oneshot::Sender<Result<RecordMetadata, DeliveryError>>,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Client {
+    /// A producer sending over this client's connection, with its own background task
+    /// (so this must be called within a tokio runtime). Fails with
+    /// [`ClientError::Config`] for an unusable `config`.
+    pub fn producer(&self, config: ProducerConfig) -> Result<Producer, ClientError> {
+        let name_limits = self.options().frame_limits;
+        config.check(name_limits.wait_ms_max)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let buffer = Arc::new(Semaphore::new(config.buffer_bytes_max));
+        let driver = Driver::new(self.clone(), config.clone());
+        tokio::spawn(driver.run(rx));
+        Ok(Producer {
+            shared: Arc::new(Shared {
+                tx,
+                buffer,
+                closed: AtomicBool::new(false),
+                config,
+                name_limits,
+            }),
+        })
+    }
+}
+
+fn closed_error() -> ClientError {
+    ClientError::ConnectionLost {
+        reason: "the producer is closed".to_owned(),
+        outcome: WriteOutcome::Definite,
+    }
+}
+
+fn invalid(reason: &'static str) -> ClientError {
+    ClientError::InvalidRequest(FrameError::Invalid { reason })
+}
+
+fn epoch_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Producer {
+    /// Queues `record` and returns its delivery future. Waits while the buffer is full
+    /// (backpressure). Records sent one after another by one task to one partition are
+    /// appended in that order.
+    ///
+    /// Fails at once, with nothing sent, when the producer is closed, the topic name is
+    /// invalid, or the record breaks a batch limit (key, value, header sizes or count,
+    /// or the whole record larger than `batch_limits.batch_bytes_max`).
+    pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
+        let shared = &self.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(closed_error());
+        }
+        validate_topic_name(&record.topic, &shared.name_limits)
+            .map_err(ClientError::InvalidRequest)?;
+        let limits = &shared.config.batch_limits;
+        let over = |len: usize, max: u32| u32::try_from(len).map_or(true, |len| len > max);
+        if record
+            .key
+            .as_ref()
+            .is_some_and(|k| over(k.len(), limits.key_bytes_max))
+            || record
+                .value
+                .as_ref()
+                .is_some_and(|v| over(v.len(), limits.value_bytes_max))
+        {
+            return Err(invalid("record key or value over the batch limits"));
+        }
+        if over(record.headers.len(), limits.headers_max)
+            || record.headers.iter().any(|(k, v)| {
+                over(k.len(), limits.key_bytes_max)
+                    || v.as_ref()
+                        .is_some_and(|v| over(v.len(), limits.value_bytes_max))
+            })
+        {
+            return Err(invalid("record headers over the batch limits"));
+        }
+        if record
+            .partition
+            .is_some_and(|p| p >= shared.name_limits.partitions_max)
+        {
+            return Err(invalid("partition number over partitions_max"));
+        }
+        let timestamp = record.timestamp.unwrap_or_else(epoch_ms);
+        let bytes = {
+            let headers: Vec<(&str, Option<&[u8]>)> = record
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_deref()))
+                .collect();
+            record_bytes_max(&RecordRef {
+                timestamp,
+                key: record.key.as_deref(),
+                value: record.value.as_deref(),
+                headers: &headers,
+            })
+        };
+        let batch_max = usize::try_from(limits.batch_bytes_max).unwrap_or(usize::MAX);
+        if bytes.saturating_add(HEADER_LEN) > batch_max {
+            return Err(invalid("record larger than a batch may be"));
+        }
+        // A record larger than the whole buffer waits for all of it (it cannot wait for
+        // more permits than exist).
+        let permits = bytes.min(shared.config.buffer_bytes_max);
+        let permits = u32::try_from(permits).unwrap_or(u32::MAX);
+        let permit = shared
+            .buffer
+            .clone()
+            .acquire_many_owned(permits)
+            .await
+            .map_err(|_| closed_error())?;
+        let (tx, rx) = oneshot::channel();
+        let submitted = Submitted {
+            record,
+            timestamp,
+            tx,
+            permit,
+        };
+        shared
+            .tx
+            .send(Command::Record(Box::new(submitted)))
+            .map_err(|_| closed_error())?;
+        Ok(DeliveryFuture { rx })
+    }
+
+    /// Sends every record queued before this call without waiting for linger, and waits
+    /// until each has been acknowledged or has failed (see its delivery future for
+    /// which). Records sent during the flush are not waited for.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.shared.tx.send(Command::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Refuses further sends (for every clone), finishes every record already queued as
+    /// [`flush`](Self::flush) does, and stops the background task.
+    pub async fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        // Senders still waiting for buffer space fail with "closed"; records that have
+        // their space are in the channel, before the close command.
+        self.shared.buffer.close();
+        let (tx, rx) = oneshot::channel();
+        if self.shared.tx.send(Command::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// The configuration this producer runs with.
+    pub fn config(&self) -> &ProducerConfig {
+        &self.shared.config
+    }
+
+    /// Bytes of buffer space free now (`buffer_bytes_max` minus what queued and
+    /// unacknowledged records hold).
+    pub fn buffer_bytes_free(&self) -> usize {
+        self.shared.buffer.available_permits()
+    }
+}
+
+/// A queued record's handle inside the accumulator and the batches.
+struct Pending {
+    seq: u64,
+    /// When the driver took the record (its clock), for the delivery timeout.
+    taken_ms: i64,
+    timestamp: i64,
+    tx: oneshot::Sender<Result<RecordMetadata, DeliveryError>>,
+    /// Buffer space, given back when the record is resolved.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// A record received before its topic's partition count is known.
+struct Waiting {
+    seq: u64,
+    submitted: Box<Submitted>,
+}
+
+/// A sealed batch, through its sends and retries.
+struct Batch {
+    /// Past this (driver clock) it fails instead of being sent or retried: its first
+    /// record's delivery deadline.
+    deadline_ms: i64,
+    bytes: Vec<u8>,
+    records: Vec<Pending>,
+    /// Failed attempts so far.
+    failures: u32,
+    /// Whether an attempt may have appended it.
+    indeterminate: bool,
+}
+
+impl Batch {
+    fn sealed(ready: ReadyBatch<Pending>, delivery_timeout_ms: u64) -> Batch {
+        let taken_ms = ready.records.first().map_or(0, |p| p.taken_ms);
+        let timeout = i64::try_from(delivery_timeout_ms).unwrap_or(i64::MAX);
+        Batch {
+            deadline_ms: taken_ms.saturating_add(timeout),
+            bytes: ready.bytes,
+            records: ready.records,
+            failures: 0,
+            indeterminate: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Meta {
+    /// Not known, or known to be stale: fetch before partitioning or sending.
+    Unknown,
+    Fetching,
+    Fresh,
+}
+
+struct TopicState {
+    /// The last partition count the broker gave.
+    partitions: Option<u32>,
+    meta: Meta,
+    meta_failures: u32,
+    waiting: VecDeque<Waiting>,
+    partitioner: Partitioner,
+    accumulator: Accumulator<Pending>,
+    queue: SendQueue<Batch>,
+}
+
+impl TopicState {
+    fn has_work(&self) -> bool {
+        !self.waiting.is_empty() || !self.accumulator.is_empty() || self.queue.pending() > 0
+    }
+}
+
+enum Done {
+    Produce {
+        topic: Arc<str>,
+        partition: u32,
+        /// Sent as the probe of a connection that was down.
+        probe: bool,
+        batch: Batch,
+        result: Result<ProduceOk, ClientError>,
+    },
+    Metadata {
+        topic: Arc<str>,
+        result: Result<MetadataOk, ClientError>,
+    },
+}
+
+type Work = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+/// The producer's background task: the only owner of the session state.
+struct Driver {
+    client: Client,
+    config: ProducerConfig,
+    policy: RetryPolicy,
+    batch_config: BatchConfig,
+    started: Instant,
+    topics: BTreeMap<Arc<str>, TopicState>,
+    /// Where the next dispatch round starts, so topics take turns.
+    topic_cursor: Option<Arc<str>>,
+    work: FuturesUnordered<Work>,
+    produce_in_flight: usize,
+    next_seq: u64,
+    /// Sequence numbers of records taken and not yet resolved.
+    unresolved: BTreeSet<u64>,
+    /// Flushes waiting for every record below their sequence number.
+    flushes: Vec<(u64, oneshot::Sender<()>)>,
+    closes: Vec<oneshot::Sender<()>>,
+    closing: bool,
+    link: Link,
+}
+
+/// The connection as the producer sees it. After a failure to connect, only one
+/// request (a probe) goes out per backoff, instead of every partition's batch dialing
+/// in turn and each waiting out the connect timeout; the first answer that is not a
+/// connect failure brings it back up.
+#[derive(Debug, Clone, Copy, Default)]
+struct Link {
+    /// Connect failures in a row; 0 = up.
+    failures: u32,
+    /// While down: no probe before this (driver clock).
+    not_before_ms: i64,
+    probe_in_flight: bool,
+}
+
+impl Driver {
+    fn new(client: Client, config: ProducerConfig) -> Driver {
+        let batch_config = BatchConfig {
+            batch_bytes_max: config.batch_bytes_max,
+            linger_ms: config.linger_ms,
+            // `send` already bounds the buffer with a semaphore of `buffer_bytes_max`
+            // permits, reserving `record_bytes_max` per record, which is at least what
+            // the record adds here: this limit can never be the one that binds.
+            buffer_bytes_max: usize::MAX,
+            limits: config.batch_limits,
+        };
+        Driver {
+            client,
+            policy: config.retry_policy(),
+            config,
+            batch_config,
+            started: Instant::now(),
+            topics: BTreeMap::new(),
+            topic_cursor: None,
+            work: FuturesUnordered::new(),
+            produce_in_flight: 0,
+            next_seq: 0,
+            unresolved: BTreeSet::new(),
+            flushes: Vec::new(),
+            closes: Vec::new(),
+            closing: false,
+            link: Link::default(),
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        let mut channel_open = true;
+        loop {
+            self.pump();
+            if self.closing && self.unresolved.is_empty() {
+                break;
+            }
+            let wake = self.next_wake();
+            tokio::select! {
+                command = rx.recv(), if channel_open => match command {
+                    Some(command) => {
+                        self.command(command);
+                        // Take what else is queued before pumping: larger batches.
+                        for _ in 0..1024 {
+                            match rx.try_recv() {
+                                Ok(command) => self.command(command),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => {
+                        channel_open = false;
+                        self.closing = true;
+                    }
+                },
+                Some(done) = self.work.next(), if !self.work.is_empty() => self.done(done),
+                () = sleep_until(wake), if wake.is_some() => {}
+            }
+        }
+        for close in self.closes.drain(..) {
+            let _ = close.send(());
+        }
+        for (_, flush) in self.flushes.drain(..) {
+            let _ = flush.send(());
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Record(submitted) => self.take(submitted),
+            // `pump` seals every batch while a flush waits, including records that were
+            // waiting for their topic's metadata when the flush came.
+            Command::Flush(reply) => {
+                self.flushes.push((self.next_seq, reply));
+                self.answer_flushes();
+            }
+            Command::Close(reply) => {
+                self.closing = true;
+                self.closes.push(reply);
+            }
+        }
+    }
+
+    fn take(&mut self, submitted: Box<Submitted>) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.unresolved.insert(seq);
+        let now = self.now_ms();
+        let batch_config = self.batch_config;
+        let strategy = self.config.partitioner;
+        let topic = match self.topics.get_key_value(submitted.record.topic.as_str()) {
+            Some((name, _)) => name.clone(),
+            None => {
+                let name: Arc<str> = Arc::from(submitted.record.topic.as_str());
+                self.topics.insert(
+                    name.clone(),
+                    TopicState {
+                        partitions: None,
+                        meta: Meta::Unknown,
+                        meta_failures: 0,
+                        waiting: VecDeque::new(),
+                        partitioner: Partitioner::new(strategy),
+                        accumulator: Accumulator::new(batch_config),
+                        queue: SendQueue::new(1),
+                    },
+                );
+                name
+            }
+        };
+        let Some(t) = self.topics.get_mut(&topic) else {
+            return;
+        };
+        if t.meta == Meta::Fresh && t.waiting.is_empty() {
+            if let Some(resolved) = push_record(t, now, seq, *submitted) {
+                self.unresolved.remove(&resolved);
+            }
+        } else {
+            t.waiting.push_back(Waiting { seq, submitted });
+        }
+    }
+
+    /// Seals what is due, queues sealed batches, starts metadata fetches and sends.
+    fn pump(&mut self) {
+        let now = self.now_ms();
+        let mut need_metadata = Vec::new();
+        // While a flush or the close waits, nothing lingers (records sent meanwhile go
+        // early too: simpler than tracking which batch holds which sequence numbers).
+        let no_linger = self.closing || !self.flushes.is_empty();
+        let delivery_timeout_ms = self.config.delivery_timeout_ms;
+        let mut expired = Vec::new();
+        for (name, t) in &mut self.topics {
+            if t.meta == Meta::Unknown && t.has_work() {
+                t.meta = Meta::Fetching;
+                need_metadata.push(name.clone());
+            }
+            if no_linger {
+                t.accumulator.seal_all();
+            }
+            while let Some(ready) = t.accumulator.poll_ready(now) {
+                t.partitioner.sealed(ready.partition);
+                t.queue
+                    .enqueue(ready.partition, Batch::sealed(ready, delivery_timeout_ms));
+            }
+            for (_, batch) in t.queue.drain_expired(|b| b.deadline_ms <= now) {
+                t.accumulator.release(batch.bytes.len());
+                expired.push((name.clone(), batch));
+            }
+        }
+        for topic in need_metadata {
+            self.fetch_metadata(topic, Duration::ZERO);
+        }
+        for (topic, batch) in expired {
+            self.expire(&topic, batch);
+        }
+        self.dispatch(now);
+    }
+
+    fn dispatch(&mut self, now: i64) {
+        while self.produce_in_flight < self.config.in_flight_max {
+            let probe = self.link.failures > 0;
+            if probe && (self.link.probe_in_flight || now < self.link.not_before_ms) {
+                return;
+            }
+            // Topics take turns: start after the one served last.
+            let next = {
+                let after = self.topic_cursor.clone();
+                let ready = |t: &TopicState| t.meta == Meta::Fresh;
+                let mut candidates = match &after {
+                    Some(c) => self
+                        .topics
+                        .range::<Arc<str>, _>((
+                            std::ops::Bound::Excluded(c.clone()),
+                            std::ops::Bound::Unbounded,
+                        ))
+                        .chain(self.topics.range::<Arc<str>, _>(..=c.clone()))
+                        .filter(|(_, t)| ready(t))
+                        .map(|(n, _)| n.clone())
+                        .collect::<Vec<_>>(),
+                    None => self
+                        .topics
+                        .iter()
+                        .filter(|(_, t)| ready(t))
+                        .map(|(n, _)| n.clone())
+                        .collect(),
+                };
+                let mut found = None;
+                for name in candidates.drain(..) {
+                    if let Some(t) = self.topics.get_mut(&name) {
+                        if let Some((partition, batch)) = t.queue.next(now) {
+                            found = Some((name, partition, batch));
+                            break;
+                        }
+                    }
+                }
+                found
+            };
+            let Some((topic, partition, batch)) = next else {
+                return;
+            };
+            self.topic_cursor = Some(topic.clone());
+            self.produce_in_flight += 1;
+            self.link.probe_in_flight |= probe;
+            let client = self.client.clone();
+            let acks = self.config.acks;
+            let timeout_ms = self.config.request_timeout_ms;
+            self.work.push(Box::pin(async move {
+                let result = client
+                    .produce(&topic, partition, &batch.bytes, acks, timeout_ms)
+                    .await;
+                Done::Produce {
+                    topic,
+                    partition,
+                    probe,
+                    batch,
+                    result,
+                }
+            }));
+        }
+    }
+
+    fn fetch_metadata(&mut self, topic: Arc<str>, delay: Duration) {
+        let client = self.client.clone();
+        self.work.push(Box::pin(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let result = client.metadata(Some(vec![topic.to_string()])).await;
+            Done::Metadata { topic, result }
+        }));
+    }
+
+    /// When the loop must wake without a command or a completion: the next linger
+    /// deadline, retry backoff, delivery deadline, or connection probe.
+    fn next_wake(&self) -> Option<Instant> {
+        let now = self.now_ms();
+        let link = (self.link.failures > 0 && !self.link.probe_in_flight)
+            .then_some(self.link.not_before_ms);
+        let at = self
+            .topics
+            .values()
+            .flat_map(|t| {
+                [
+                    t.accumulator.next_deadline(),
+                    t.queue.next_retry(now),
+                    t.queue.min_front(|b| b.deadline_ms),
+                ]
+            })
+            .chain([link])
+            .flatten()
+            .min()?;
+        let ms = u64::try_from(at.max(0)).unwrap_or(0);
+        Some(self.started + Duration::from_millis(ms))
+    }
+
+    /// Fails a batch whose delivery deadline passed before it could be sent (again).
+    fn expire(&mut self, topic: &str, batch: Batch) {
+        let outcome = if batch.indeterminate {
+            WriteOutcome::Indeterminate
+        } else {
+            WriteOutcome::Definite
+        };
+        let error = ClientError::Timeout {
+            after: Duration::from_millis(self.config.delivery_timeout_ms),
+            outcome,
+        };
+        self.fail_batch(topic, batch, error);
+    }
+
+    fn done(&mut self, done: Done) {
+        match done {
+            Done::Produce {
+                topic,
+                partition,
+                probe,
+                batch,
+                result,
+            } => {
+                self.produce_in_flight = self.produce_in_flight.saturating_sub(1);
+                let now = self.now_ms();
+                if probe {
+                    self.link.probe_in_flight = false;
+                }
+                if matches!(result, Err(ClientError::Connect { .. })) {
+                    self.link.failures = self.link.failures.saturating_add(1);
+                    let backoff = self.policy.backoff_after(self.link.failures);
+                    self.link.not_before_ms =
+                        now.saturating_add(i64::try_from(backoff).unwrap_or(i64::MAX));
+                    tracing::debug!(failures = self.link.failures, backoff, "cannot connect");
+                } else {
+                    self.link.failures = 0;
+                }
+                self.produced(topic, partition, batch, result);
+            }
+            Done::Metadata { topic, result } => self.metadata(topic, result),
+        }
+        self.answer_flushes();
+    }
+
+    fn produced(
+        &mut self,
+        topic: Arc<str>,
+        partition: u32,
+        mut batch: Batch,
+        result: Result<ProduceOk, ClientError>,
+    ) {
+        let now = self.now_ms();
+        let Some(t) = self.topics.get_mut(&topic) else {
+            // Topics are never removed, so this is a bug; fail the records rather than
+            // losing their futures.
+            self.fail_batch(&topic, batch, invalid("producer lost a topic's state"));
+            return;
+        };
+        let records = batch.records.len() as u64;
+        let result = result.and_then(|ok| {
+            // Pair check with the batch we built: the broker must have given it exactly
+            // one offset per record.
+            if ok.last_offset.checked_sub(ok.base_offset) == records.checked_sub(1) {
+                Ok(ok)
+            } else {
+                Err(ClientError::Protocol {
+                    reason: format!(
+                        "offsets {}..={} for a batch of {records} records",
+                        ok.base_offset, ok.last_offset
+                    ),
+                    outcome: WriteOutcome::Indeterminate,
+                })
+            }
+        });
+        match result {
+            Ok(ok) => {
+                t.queue.complete(partition, Outcome::Done, None);
+                t.accumulator.release(batch.bytes.len());
+                for (i, pending) in batch.records.into_iter().enumerate() {
+                    self.unresolved.remove(&pending.seq);
+                    let _ = pending.tx.send(Ok(RecordMetadata {
+                        topic: topic.to_string(),
+                        partition,
+                        offset: ok.base_offset + i as u64,
+                        timestamp: pending.timestamp,
+                    }));
+                }
+            }
+            Err(error) => {
+                batch.failures += 1;
+                let outcome = error.write_outcome();
+                if outcome == WriteOutcome::Indeterminate {
+                    batch.indeterminate = true;
+                }
+                let retry_after_ms = error.broker_error().and_then(|e| match e.detail {
+                    ErrorDetail::Throttled { retry_after_ms } => Some(retry_after_ms),
+                    _ => None,
+                });
+                match self.policy.decide(
+                    now,
+                    batch.failures,
+                    error.is_retriable(),
+                    outcome,
+                    retry_after_ms,
+                ) {
+                    Outcome::RetryAt(at) => {
+                        tracing::debug!(%topic, partition, %error, failures = batch.failures, "produce retry");
+                        let refresh = error.broker_error().is_some_and(|e| {
+                            matches!(
+                                e.code,
+                                ErrorCode::NotLeader
+                                    | ErrorCode::UnknownTopic
+                                    | ErrorCode::UnknownPartition
+                            )
+                        });
+                        if refresh && t.meta == Meta::Fresh {
+                            t.meta = Meta::Unknown;
+                        }
+                        t.queue
+                            .complete(partition, Outcome::RetryAt(at), Some(batch));
+                    }
+                    Outcome::Done | Outcome::Failed => {
+                        t.queue.complete(partition, Outcome::Failed, None);
+                        t.accumulator.release(batch.bytes.len());
+                        self.fail_batch(&topic, batch, error);
+                    }
+                }
+            }
+        }
+    }
+
+    fn metadata(&mut self, topic: Arc<str>, result: Result<MetadataOk, ClientError>) {
+        let now = self.now_ms();
+        let delivery_timeout_ms = self.config.delivery_timeout_ms;
+        let answer = result.and_then(|ok| {
+            let Some(tm) = ok.topics.into_iter().find(|tm| *tm.name == *topic) else {
+                return Err(ClientError::Protocol {
+                    reason: format!("metadata without the topic {topic} asked for"),
+                    outcome: WriteOutcome::Definite,
+                });
+            };
+            match tm.error {
+                Some(e) => Err(ClientError::Broker(e)),
+                None => u32::try_from(tm.partitions.len())
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| ClientError::Protocol {
+                        reason: format!("topic {topic} without partitions"),
+                        outcome: WriteOutcome::Definite,
+                    }),
+            }
+        });
+        let Some(t) = self.topics.get_mut(&topic) else {
+            return;
+        };
+        match answer {
+            Ok(partitions) => {
+                t.meta = Meta::Fresh;
+                t.meta_failures = 0;
+                let shrank = t.partitions.is_some_and(|old| partitions < old);
+                t.partitions = Some(partitions);
+                let mut failed = Vec::new();
+                if shrank {
+                    // Only a topic deleted and created again with fewer partitions:
+                    // what was batched for partitions that are gone fails (definite).
+                    t.accumulator.seal_all();
+                    while let Some(ready) = t.accumulator.poll_ready(now) {
+                        t.queue
+                            .enqueue(ready.partition, Batch::sealed(ready, delivery_timeout_ms));
+                    }
+                    for (_, batch) in t.queue.drain_waiting(partitions) {
+                        t.accumulator.release(batch.bytes.len());
+                        failed.push(batch);
+                    }
+                }
+                while let Some(w) = t.waiting.pop_front() {
+                    if let Some(resolved) = push_record(t, now, w.seq, *w.submitted) {
+                        self.unresolved.remove(&resolved);
+                    }
+                }
+                for batch in failed {
+                    self.fail_batch(
+                        &topic,
+                        batch,
+                        invalid("the topic has no partition of that number"),
+                    );
+                }
+            }
+            Err(error) => {
+                t.meta_failures += 1;
+                // The producer does not wait for a topic to appear: an unknown topic fails
+                // its records now. Other retriable failures (a lost connection, a busy
+                // or stopping broker) are retried like sends.
+                let unknown = error
+                    .broker_error()
+                    .is_some_and(|e| e.code == ErrorCode::UnknownTopic);
+                let retry =
+                    error.is_retriable() && !unknown && t.meta_failures <= self.config.retries;
+                if retry {
+                    let delay = self.policy.backoff_after(t.meta_failures);
+                    tracing::debug!(%topic, %error, "metadata retry");
+                    self.fetch_metadata(topic, Duration::from_millis(delay));
+                } else {
+                    tracing::debug!(%topic, %error, "topic failed");
+                    t.meta = Meta::Unknown;
+                    t.meta_failures = 0;
+                    self.fail_topic(&topic, error);
+                }
+            }
+        }
+    }
+
+    /// Fails everything of `topic` that is not in flight (an unknown topic).
+    fn fail_topic(&mut self, topic: &Arc<str>, error: ClientError) {
+        let now = self.now_ms();
+        let delivery_timeout_ms = self.config.delivery_timeout_ms;
+        let Some(t) = self.topics.get_mut(topic) else {
+            return;
+        };
+        let waiting: Vec<Waiting> = t.waiting.drain(..).collect();
+        t.accumulator.seal_all();
+        let mut batches = Vec::new();
+        while let Some(ready) = t.accumulator.poll_ready(now) {
+            t.accumulator.release(ready.bytes.len());
+            batches.push(Batch::sealed(ready, delivery_timeout_ms));
+        }
+        for (_, batch) in t.queue.drain_waiting(0) {
+            t.accumulator.release(batch.bytes.len());
+            batches.push(batch);
+        }
+        for w in waiting {
+            self.unresolved.remove(&w.seq);
+            let _ = w.submitted.tx.send(Err(DeliveryError {
+                error: error.clone(),
+                outcome: WriteOutcome::Definite,
+                attempts: 0,
+            }));
+        }
+        for batch in batches {
+            self.fail_batch(topic, batch, error.clone());
+        }
+    }
+
+    fn fail_batch(&mut self, topic: &str, batch: Batch, error: ClientError) {
+        let outcome = if batch.indeterminate {
+            WriteOutcome::Indeterminate
+        } else {
+            error.write_outcome()
+        };
+        tracing::debug!(topic, records = batch.records.len(), %error, ?outcome, "batch failed");
+        for pending in batch.records {
+            self.unresolved.remove(&pending.seq);
+            let _ = pending.tx.send(Err(DeliveryError {
+                error: error.clone(),
+                outcome,
+                attempts: batch.failures,
+            }));
+        }
+    }
+
+    fn answer_flushes(&mut self) {
+        let lowest = self.unresolved.first().copied().unwrap_or(u64::MAX);
+        let mut i = 0;
+        while i < self.flushes.len() {
+            if self
+                .flushes
+                .get(i)
+                .is_some_and(|(bound, _)| *bound <= lowest)
+            {
+                let (_, reply) = self.flushes.swap_remove(i);
+                let _ = reply.send(());
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+/// Partitions `submitted` and adds it to its topic's batches. A record that cannot go
+/// is resolved here with a definite error, and its sequence number returned (for
+/// `Driver::unresolved`). The topic's partition count must be known.
+fn push_record(t: &mut TopicState, now: i64, seq: u64, submitted: Submitted) -> Option<u64> {
+    let Submitted {
+        record,
+        timestamp,
+        tx,
+        permit,
+    } = submitted;
+    let refuse = |tx: oneshot::Sender<_>, reason| {
+        let _ = tx.send(Err(DeliveryError {
+            error: invalid(reason),
+            outcome: WriteOutcome::Definite,
+            attempts: 0,
+        }));
+        Some(seq)
+    };
+    let Some(partitions) = t.partitions else {
+        return refuse(tx, "producer: no partition count");
+    };
+    let partition = match record.partition {
+        Some(p) if p >= partitions => {
+            return refuse(tx, "the topic has no partition of that number");
+        }
+        Some(p) => p,
+        None => t.partitioner.partition(record.key.as_deref(), partitions),
+    };
+    let headers: Vec<(&str, Option<&[u8]>)> = record
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_deref()))
+        .collect();
+    let rec = RecordRef {
+        timestamp,
+        key: record.key.as_deref(),
+        value: record.value.as_deref(),
+        headers: &headers,
+    };
+    let handle = Pending {
+        seq,
+        taken_ms: now,
+        timestamp,
+        tx,
+        _permit: permit,
+    };
+    match t.accumulator.push(now, partition, rec, handle) {
+        Ok(Some(sealed)) => {
+            t.partitioner.sealed(sealed);
+            None
+        }
+        Ok(None) => None,
+        // `send` checked the record against the same limits, and the accumulator's
+        // buffer limit is off (see `Driver::new`), so this is not expected; the record
+        // still gets its answer.
+        Err(rejected) => {
+            tracing::debug!(error = %rejected.error, "record refused by the batch builder");
+            refuse(rejected.handle.tx, "record refused by the batch builder")
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_check_refuses_unusable_values() {
+        let ok = ProducerConfig::default();
+        assert!(ok.check(300_000).is_ok());
+        let bad = [
+            ProducerConfig {
+                batch_bytes_max: HEADER_LEN,
+                ..ok.clone()
+            },
+            ProducerConfig {
+                batch_bytes_max: (16 << 20) + 1,
+                ..ok.clone()
+            },
+            ProducerConfig {
+                buffer_bytes_max: 0,
+                ..ok.clone()
+            },
+            ProducerConfig {
+                in_flight_max: 0,
+                ..ok.clone()
+            },
+            ProducerConfig {
+                request_timeout_ms: 0,
+                ..ok.clone()
+            },
+            ProducerConfig {
+                request_timeout_ms: 300_001,
+                ..ok.clone()
+            },
+            ProducerConfig {
+                retry_backoff_ms: 10,
+                retry_backoff_max_ms: 5,
+                ..ok.clone()
+            },
+        ];
+        for config in bad {
+            assert!(
+                matches!(config.check(300_000), Err(ClientError::Config(_))),
+                "{config:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_delivery_error_is_indeterminate_if_any_attempt_was() {
+        let e = DeliveryError {
+            error: ClientError::Broker(sluice_proto::wire::ErrorBody::new(
+                ErrorCode::NotLeader,
+                "moved",
+            )),
+            outcome: WriteOutcome::Indeterminate,
+            attempts: 2,
+        };
+        assert!(!e.is_definite());
+        assert_eq!(e.code(), Some(ErrorCode::NotLeader));
+        assert!(e.to_string().contains("may have been written"), "{e}");
+    }
+}
