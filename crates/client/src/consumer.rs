@@ -141,6 +141,10 @@ pub struct ConsumerRecord {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
+/// What a buffered record counts against `fetch_max_bytes` on top of its data, so a
+/// fetch of many empty records still fills the buffer.
+const RECORD_OVERHEAD_BYTES: usize = 64;
+
 impl ConsumerRecord {
     fn bytes(&self) -> usize {
         let headers: usize = self
@@ -148,7 +152,10 @@ impl ConsumerRecord {
             .iter()
             .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
             .sum();
-        self.key.as_ref().map_or(0, Vec::len) + self.value.as_ref().map_or(0, Vec::len) + headers
+        self.key.as_ref().map_or(0, Vec::len)
+            + self.value.as_ref().map_or(0, Vec::len)
+            + headers
+            + RECORD_OVERHEAD_BYTES
     }
 }
 
