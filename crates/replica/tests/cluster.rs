@@ -1,0 +1,406 @@
+//! A three-replica group over an in-memory disk and network, stepped by hand. Writes
+//! are durable at once here; the simulator (`sluice-sim`) is where crashes lose
+//! unsynced bytes. These tests pin the replica's contract: elections, replication,
+//! offsets from log order, conflict truncation, restart, catch-up past retention.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+use sluice_proto::batch::{BatchBuilder, BatchHeader, Limits};
+use sluice_replica::{
+    Acks, Action, Message, PersistentState, Produced, Replica, ReplicaConfig, ReplyError,
+    StoredBatch, Write,
+};
+
+struct Node {
+    replica: Replica,
+    log: Vec<Bytes>,
+    log_start: u64,
+    state: Option<Vec<u8>>,
+    replies: BTreeMap<u64, Result<Produced, ReplyError>>,
+    hw: u64,
+}
+
+struct Cluster {
+    nodes: BTreeMap<u64, Node>,
+    net: VecDeque<Message>,
+    isolated: BTreeSet<u64>,
+    seed: u64,
+}
+
+fn batch(n: u32, tag: &str) -> Vec<u8> {
+    let mut b = BatchBuilder::new(Limits::DEFAULT);
+    for i in 0..n {
+        let v = format!("{tag}-{i}");
+        b.push(1_000 + i64::from(i), None, Some(v.as_bytes()), &[])
+            .unwrap();
+    }
+    b.finish().unwrap()
+}
+
+fn config(id: u64, seed: u64) -> ReplicaConfig {
+    let mut c = ReplicaConfig::new(id, vec![1, 2, 3]);
+    c.seed = seed * 31 + id;
+    c
+}
+
+fn headers(log: &[Bytes]) -> Vec<StoredBatch> {
+    log.iter()
+        .map(|b| {
+            let h = BatchHeader::parse(b, &Limits::DEFAULT).unwrap();
+            StoredBatch {
+                base_offset: h.base_offset,
+                records: h.record_count,
+                term: h.leader_term,
+                bytes: h.length,
+            }
+        })
+        .collect()
+}
+
+impl Cluster {
+    fn new(seed: u64) -> Cluster {
+        let mut nodes = BTreeMap::new();
+        for id in 1..=3 {
+            let replica = Replica::open(config(id, seed), None, 0, &[]).unwrap();
+            nodes.insert(
+                id,
+                Node {
+                    replica,
+                    log: Vec::new(),
+                    log_start: 0,
+                    state: None,
+                    replies: BTreeMap::new(),
+                    hw: 0,
+                },
+            );
+        }
+        let mut c = Cluster {
+            nodes,
+            net: VecDeque::new(),
+            isolated: BTreeSet::new(),
+            seed,
+        };
+        c.settle();
+        c
+    }
+
+    fn node(&mut self, id: u64) -> &mut Node {
+        self.nodes.get_mut(&id).unwrap()
+    }
+
+    /// Performs every node's actions until none are left.
+    fn settle(&mut self) {
+        loop {
+            let mut any = false;
+            let ids: Vec<u64> = self.nodes.keys().copied().collect();
+            for id in ids {
+                let node = self.nodes.get_mut(&id).unwrap();
+                while let Some(a) = node.replica.poll_action() {
+                    any = true;
+                    match a {
+                        Action::Send(m) => self.net.push_back(m),
+                        Action::Write(w) => apply_write(node, w),
+                        Action::Sync { number } => node.replica.handle_persisted(number),
+                        Action::Fetch { id, offset, .. } => {
+                            let bs: Vec<Bytes> = node
+                                .log
+                                .iter()
+                                .filter(|b| {
+                                    BatchHeader::parse(b, &Limits::DEFAULT).unwrap().base_offset
+                                        >= offset
+                                })
+                                .cloned()
+                                .collect();
+                            node.replica.handle_entries_fetched(id, bs);
+                        }
+                        Action::Reply { token, result } => {
+                            node.replies.insert(token, result);
+                        }
+                        Action::Committed { high_watermark } => {
+                            assert!(high_watermark >= node.hw, "hw moved back");
+                            node.hw = high_watermark;
+                        }
+                    }
+                }
+            }
+            while let Some(m) = self.net.pop_front() {
+                any = true;
+                if self.isolated.contains(&m.from) || self.isolated.contains(&m.to) {
+                    continue;
+                }
+                if let Some(n) = self.nodes.get_mut(&m.to) {
+                    n.replica.handle_message(m).unwrap();
+                }
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    fn tick(&mut self, n: usize) {
+        for _ in 0..n {
+            for node in self.nodes.values_mut() {
+                node.replica.handle_tick();
+            }
+            self.settle();
+        }
+    }
+
+    fn leader(&self) -> Option<u64> {
+        self.nodes
+            .iter()
+            .filter(|(id, n)| n.replica.is_ready_leader() && !self.isolated.contains(id))
+            .map(|(id, _)| *id)
+            .next()
+    }
+
+    fn elect(&mut self) -> u64 {
+        for _ in 0..200 {
+            if let Some(l) = self.leader() {
+                return l;
+            }
+            self.tick(1);
+        }
+        panic!("no leader after 200 ticks (seed {})", self.seed);
+    }
+
+    fn restart(&mut self, id: u64) {
+        let node = self.node(id);
+        let state = node
+            .state
+            .as_ref()
+            .map(|s| PersistentState::decode(s).unwrap());
+        let hs = headers(&node.log);
+        let start = node.log_start;
+        let seed = self.seed + 1000;
+        let node = self.node(id);
+        node.replica = Replica::open(config(id, seed), state, start, &hs).unwrap();
+        node.hw = node.replica.high_watermark();
+        self.settle();
+    }
+}
+
+fn apply_write(node: &mut Node, w: Write) {
+    match w {
+        Write::Append { batches } => {
+            for b in batches {
+                let h = BatchHeader::parse(&b, &Limits::DEFAULT).unwrap();
+                let end = node.log.last().map_or(node.log_start, |l| {
+                    let lh = BatchHeader::parse(l, &Limits::DEFAULT).unwrap();
+                    lh.base_offset + u64::from(lh.record_count)
+                });
+                assert_eq!(h.base_offset, end, "appended batch is not contiguous");
+                node.log.push(b);
+            }
+        }
+        Write::TruncateSuffix { offset } => node
+            .log
+            .retain(|b| BatchHeader::parse(b, &Limits::DEFAULT).unwrap().base_offset < offset),
+        Write::SaveState { state } => node.state = Some(state),
+        Write::ResetLog { offset } => {
+            node.log.clear();
+            node.log_start = offset;
+        }
+    }
+}
+
+fn values(log: &[Bytes]) -> Vec<(u64, u64)> {
+    log.iter()
+        .map(|b| {
+            let h = BatchHeader::parse(b, &Limits::DEFAULT).unwrap();
+            (h.base_offset, h.leader_term)
+        })
+        .collect()
+}
+
+#[test]
+fn three_replicas_elect_replicate_and_agree_on_offsets() {
+    for seed in 0..8 {
+        let mut c = Cluster::new(seed);
+        let leader = c.elect();
+        for i in 0..50u64 {
+            c.node(leader)
+                .replica
+                .handle_propose(i, batch(3, &format!("b{i}")), Acks::All)
+                .unwrap();
+            c.settle();
+        }
+        c.tick(3);
+        let replies = c.node(leader).replies.clone();
+        assert_eq!(replies.len(), 50);
+        for (i, r) in &replies {
+            let p = r.clone().unwrap();
+            assert_eq!((p.base_offset, p.last_offset), (i * 3, i * 3 + 2));
+        }
+        let logs: Vec<_> = c.nodes.values().map(|n| values(&n.log)).collect();
+        assert_eq!(logs[0].len(), 50);
+        assert!(logs.windows(2).all(|w| w[0] == w[1]), "logs differ");
+        for n in c.nodes.values() {
+            assert_eq!(n.hw, 150, "every replica learns the commit");
+        }
+    }
+}
+
+#[test]
+fn a_follower_refuses_proposals_naming_the_leader() {
+    let mut c = Cluster::new(1);
+    let leader = c.elect();
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let err = c
+        .node(follower)
+        .replica
+        .handle_propose(1, batch(1, "x"), Acks::All)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        sluice_replica::ProposeError::NotLeader {
+            leader: Some(leader)
+        }
+    );
+}
+
+#[test]
+fn an_isolated_leaders_uncommitted_suffix_is_truncated() {
+    let mut c = Cluster::new(2);
+    let old = c.elect();
+    for i in 0..5u64 {
+        c.node(old)
+            .replica
+            .handle_propose(i, batch(2, "ok"), Acks::All)
+            .unwrap();
+    }
+    c.settle();
+    c.isolated.insert(old);
+    for i in 100..104u64 {
+        c.node(old)
+            .replica
+            .handle_propose(i, batch(7, "lost"), Acks::All)
+            .unwrap();
+    }
+    c.settle();
+    assert_eq!(c.node(old).log.len(), 9, "the old leader appended locally");
+    let new = c.elect();
+    assert_ne!(new, old);
+    for i in 200..203u64 {
+        c.node(new)
+            .replica
+            .handle_propose(i, batch(1, "new"), Acks::All)
+            .unwrap();
+    }
+    c.settle();
+    c.isolated.clear();
+    c.tick(30);
+    let want = values(&c.node(new).log);
+    assert_eq!(want.len(), 8);
+    assert_eq!(
+        values(&c.node(old).log),
+        want,
+        "conflicting suffix replaced"
+    );
+    for i in 100..104u64 {
+        assert_eq!(
+            c.node(old).replies.get(&i),
+            Some(&Err(ReplyError::LeadershipLost)),
+            "proposal {i} must not be acknowledged"
+        );
+    }
+    for i in 0..5u64 {
+        assert!(c.node(old).replies[&i].is_ok());
+    }
+    for i in 200..203u64 {
+        let p = c.node(new).replies[&i].clone().unwrap();
+        assert_eq!(p.base_offset, 10 + (i - 200));
+    }
+}
+
+#[test]
+fn a_restarted_replica_rebuilds_its_log_and_keeps_going() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    for i in 0..10u64 {
+        c.node(leader)
+            .replica
+            .handle_propose(i, batch(4, "r"), Acks::All)
+            .unwrap();
+        c.settle();
+    }
+    c.tick(3);
+    for id in 1..=3 {
+        c.restart(id);
+    }
+    let leader = c.elect();
+    c.node(leader)
+        .replica
+        .handle_propose(99, batch(1, "after"), Acks::All)
+        .unwrap();
+    c.settle();
+    c.tick(3);
+    assert_eq!(
+        c.node(leader).replies[&99].clone().unwrap().base_offset,
+        40,
+        "offsets continue after restart"
+    );
+    let logs: Vec<_> = c.nodes.values().map(|n| values(&n.log)).collect();
+    assert!(logs.windows(2).all(|w| w[0] == w[1]));
+    assert_eq!(logs[0].len(), 11);
+}
+
+#[test]
+fn a_follower_behind_retention_restarts_from_the_leaders_log_start() {
+    let mut c = Cluster::new(4);
+    let leader = c.elect();
+    let lagging = (1..=3).find(|i| *i != leader).unwrap();
+    c.isolated.insert(lagging);
+    for i in 0..20u64 {
+        c.node(leader)
+            .replica
+            .handle_propose(i, batch(5, "keep"), Acks::All)
+            .unwrap();
+        c.settle();
+    }
+    c.tick(2);
+    // Retention on the leader: drop the first 10 batches (50 records).
+    let reached = c.node(leader).replica.compact_to(50);
+    assert_eq!(reached, 50);
+    c.settle();
+    let node = c.node(leader);
+    node.log.drain(..10);
+    node.log_start = 50;
+    c.isolated.clear();
+    c.tick(30);
+    let f = c.node(lagging);
+    assert_eq!(f.log_start, 50);
+    assert_eq!(f.log.len(), 10);
+    assert_eq!(f.hw, 100);
+    let want = values(&c.node(leader).log);
+    assert_eq!(values(&c.node(lagging).log), want);
+}
+
+#[test]
+fn acks_leader_and_none_answer_before_commit() {
+    let mut c = Cluster::new(5);
+    let leader = c.elect();
+    for id in 1..=3 {
+        if id != leader {
+            c.isolated.insert(id);
+        }
+    }
+    let n = c.node(leader);
+    n.replica
+        .handle_propose(1, batch(2, "n"), Acks::None)
+        .unwrap();
+    n.replica
+        .handle_propose(2, batch(2, "l"), Acks::Leader)
+        .unwrap();
+    n.replica
+        .handle_propose(3, batch(2, "a"), Acks::All)
+        .unwrap();
+    c.settle();
+    let n = c.node(leader);
+    assert_eq!(n.replies[&1].clone().unwrap().base_offset, 0);
+    assert_eq!(n.replies[&2].clone().unwrap().base_offset, 2);
+    assert!(!n.replies.contains_key(&3), "acks=all waits for a quorum");
+    assert_eq!(n.hw, 0, "nothing committed without a quorum");
+}
