@@ -1,5 +1,5 @@
 //! DESIGN §6: the pure crates name no runtime, socket or file edge. This fails if
-//! `sluice-proto`, `sluice-storage` or `sluice-engine` ever depends, directly or transitively, on
+//! `sluice-proto`, `sluice-storage`, `sluice-replica` or `sluice-engine` ever depends, directly or transitively, on
 //! glommio, tokio, quinn, io-uring or memmap2.
 
 use std::process::Command;
@@ -9,7 +9,12 @@ const FORBIDDEN: &[&str] = &["glommio", "tokio", "quinn", "io-uring", "memmap2"]
 #[test]
 fn pure_crates_reach_no_runtime() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    for package in ["sluice-proto", "sluice-storage", "sluice-engine"] {
+    for package in [
+        "sluice-proto",
+        "sluice-storage",
+        "sluice-replica",
+        "sluice-engine",
+    ] {
         let out = Command::new(env!("CARGO"))
             .current_dir(root)
             .args([

@@ -22,9 +22,11 @@
     )
 )]
 
+pub mod replicated;
 pub mod shard;
 pub mod waiters;
 
+pub use replicated::{ProduceReply, ReplicatedPartition, StepError, RAFT_STATE_FILE};
 pub use shard::{
     AckPolicy, EngineError, OffsetQuery, Reply, Shard, ShardConfig, ShardStats, StorageProvider,
     TopicPartition,

@@ -111,7 +111,7 @@ pub enum EngineError {
 }
 
 impl EngineError {
-    fn from_log(e: LogError) -> Self {
+    pub(crate) fn from_log(e: LogError) -> Self {
         match e {
             LogError::InvalidBatch(b) => Self::InvalidBatch(b),
             LogError::OffsetOutOfRange { offset, start, end } => Self::OffsetOutOfRange {

@@ -15,7 +15,7 @@
 
 use std::io;
 
-use sluice_proto::{set_base_offset, BatchError, BatchView, Limits};
+use sluice_proto::{set_base_offset, BatchError, BatchHeader, BatchView, Limits};
 use thiserror::Error;
 
 use crate::fs::{IndexFile, LogFile, OpenMode, Storage};
@@ -526,6 +526,47 @@ impl<S: Storage> PartitionLog<S> {
             out.next_offset = found.header.last_offset() + 1;
         }
         Ok(out)
+    }
+
+    /// The header of every batch from the log start to the end, in order. Reads the
+    /// whole log: replication calls it once at open to rebuild its entry map.
+    pub async fn batch_headers(&self) -> Result<Vec<BatchHeader>, LogError> {
+        let limits = self.config.limits;
+        let mut out = Vec::new();
+        for seg in &self.segments {
+            let mut cursor = seg.cursor(&limits, 0, seg.base);
+            while let Some(found) = self.next_stored(&mut cursor, seg).await? {
+                if found.header.last_offset() >= self.log_start {
+                    out.push(found.header);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces the small file `name` in the partition directory atomically and durably
+    /// (temp file, fsync, rename over, fsync dir). Replication keeps `raft.state` so.
+    pub async fn write_sidecar(&self, name: &str, bytes: &[u8]) -> Result<(), LogError> {
+        write_atomic(&self.storage, name, bytes)
+            .await
+            .map_err(io_err("write", name))
+    }
+
+    /// Reads the whole file `name` written by [`PartitionLog::write_sidecar`], or `None`
+    /// if there is none.
+    pub async fn read_sidecar(&self, name: &str) -> Result<Option<Vec<u8>>, LogError> {
+        let files = self.storage.list().await.map_err(io_err("list", "."))?;
+        if !files.iter().any(|f| f == name) {
+            return Ok(None);
+        }
+        let file = self
+            .storage
+            .open(name, OpenMode::Existing)
+            .await
+            .map_err(io_err("open", name))?;
+        let len = usize::try_from(file.len()).unwrap_or(usize::MAX);
+        let bytes = file.read_at(0, len).await.map_err(io_err("read", name))?;
+        Ok(Some(bytes))
     }
 
     /// The next batch of a segment that must be whole (inside the stored range).
@@ -1124,10 +1165,16 @@ async fn read_log_start<S: Storage>(
 async fn write_log_start<S: Storage>(storage: &S, offset: u64) -> io::Result<()> {
     let mut bytes = offset.to_le_bytes().to_vec();
     bytes.extend_from_slice(&crc32fast::hash(&offset.to_le_bytes()).to_le_bytes());
-    let mut tmp = storage.open(LOG_START_TMP, OpenMode::Create).await?;
-    tmp.append(&bytes).await?;
+    write_atomic(storage, LOG_START_FILE, &bytes).await
+}
+
+/// Replaces `name` atomically: `name.tmp`, fsync, rename over, fsync dir.
+async fn write_atomic<S: Storage>(storage: &S, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp_name = format!("{name}.tmp");
+    let mut tmp = storage.open(&tmp_name, OpenMode::Create).await?;
+    tmp.append(bytes).await?;
     tmp.sync().await?;
     drop(tmp);
-    storage.rename(LOG_START_TMP, LOG_START_FILE).await?;
+    storage.rename(&tmp_name, name).await?;
     storage.sync_dir().await
 }

@@ -353,3 +353,45 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn batch_headers_walk_every_segment_from_the_log_start() {
+    let fs = MemFs::new();
+    let mut log = open(&fs);
+    for tag in 0..60u64 {
+        let mut b = batch(tag, 2, 200, 1_000);
+        block_on(log.append(&mut b, 0)).unwrap();
+    }
+    block_on(log.sync()).unwrap();
+    assert!(log.segment_count() > 2);
+    let hs = block_on(log.batch_headers()).unwrap();
+    assert_eq!(hs.len(), 60);
+    assert!(hs
+        .iter()
+        .enumerate()
+        .all(|(i, h)| h.base_offset == 2 * i as u64 && h.record_count == 2));
+    block_on(log.truncate_prefix(41)).unwrap();
+    let hs = block_on(log.batch_headers()).unwrap();
+    assert_eq!(
+        hs.first().map(|h| h.base_offset),
+        Some(40),
+        "the batch holding 41"
+    );
+    assert_eq!(hs.len(), 40);
+}
+
+#[test]
+fn sidecar_files_are_replaced_atomically_and_survive_a_crash() {
+    let fs = MemFs::new();
+    let log = open(&fs);
+    assert_eq!(block_on(log.read_sidecar("raft.state")).unwrap(), None);
+    block_on(log.write_sidecar("raft.state", b"one")).unwrap();
+    block_on(log.write_sidecar("raft.state", b"second")).unwrap();
+    drop(log);
+    let fs = fs.crash(CrashModel::LoseUnsynced, &mut rng());
+    let log = open(&fs);
+    assert_eq!(
+        block_on(log.read_sidecar("raft.state")).unwrap().as_deref(),
+        Some(&b"second"[..])
+    );
+}

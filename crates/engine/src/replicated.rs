@@ -1,0 +1,339 @@
+//! One replicated partition: a [`Replica`] driven over the real [`PartitionLog`].
+//!
+//! This is the seam between the pure replication core and storage. It performs the
+//! replica's actions against the partition log (append, cut, `raft.state`, reset,
+//! cold reads), collects what must leave the node (Raft messages, produce replies),
+//! and holds the sync the replica asked for until the owner runs [`sync`] — the
+//! owner (a shard, or the simulator's node) calls `sync` on every dirty partition
+//! once per flush cycle, which is the group commit.
+//!
+//! A storage failure (an fsync error poisons the log) is returned as an error and
+//! leaves the partition unusable: the owner treats it as a crash of that replica and
+//! reopens it, and recovery plus Raft repair what the crash left.
+//!
+//! [`sync`]: ReplicatedPartition::sync
+
+use bytes::Bytes;
+use sluice_proto::{BatchHeader, Limits};
+use sluice_replica::{
+    Acks, Action, Message, PersistentState, Produced, ProposeError, Replica, ReplicaConfig,
+    ReplicaError, ReplyError, StoredBatch, Write,
+};
+use sluice_storage::{Batches, LogConfig, PartitionLog, RecoveryReport, Storage};
+
+use crate::shard::EngineError;
+
+/// The file beside the segments that holds the replica's Raft state.
+pub const RAFT_STATE_FILE: &str = "raft.state";
+
+/// A produce answered by the replica: the token given to `propose`, and the outcome.
+pub type ProduceReply = (u64, Result<Produced, ReplyError>);
+
+/// A partition replica over its log. See the module docs.
+#[derive(Debug)]
+pub struct ReplicatedPartition<S: Storage> {
+    log: PartitionLog<S>,
+    replica: Replica,
+    limits: Limits,
+    outbox: Vec<Message>,
+    replies: Vec<ProduceReply>,
+    sync_wanted: Option<u64>,
+    failed: Option<String>,
+}
+
+impl<S: Storage> ReplicatedPartition<S> {
+    /// Opens the log, reads `raft.state` and every batch header, rebuilds the replica
+    /// and performs its repairs.
+    pub async fn open(
+        storage: S,
+        log_config: LogConfig,
+        config: ReplicaConfig,
+        now_ms: i64,
+    ) -> Result<(Self, RecoveryReport), EngineError> {
+        let limits = log_config.limits;
+        let (log, report) = PartitionLog::open(storage, log_config, now_ms)
+            .await
+            .map_err(EngineError::from_log)?;
+        let state = match log
+            .read_sidecar(RAFT_STATE_FILE)
+            .await
+            .map_err(EngineError::from_log)?
+        {
+            Some(bytes) => Some(
+                PersistentState::decode(&bytes)
+                    .map_err(|e| EngineError::Corruption(format!("{RAFT_STATE_FILE}: {e}")))?,
+            ),
+            None => None,
+        };
+        let headers: Vec<StoredBatch> = log
+            .batch_headers()
+            .await
+            .map_err(EngineError::from_log)?
+            .into_iter()
+            .map(|h| StoredBatch {
+                base_offset: h.base_offset,
+                records: h.record_count,
+                term: h.leader_term,
+                bytes: h.length,
+            })
+            .collect();
+        let replica = Replica::open(config, state, log.log_start_offset(), &headers)
+            .map_err(|e| EngineError::Corruption(e.to_string()))?;
+        let mut p = ReplicatedPartition {
+            log,
+            replica,
+            limits,
+            outbox: Vec::new(),
+            replies: Vec::new(),
+            sync_wanted: None,
+            failed: None,
+        };
+        p.run(now_ms).await?;
+        Ok((p, report))
+    }
+
+    /// The replica, for its status and high watermark.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// The partition log.
+    pub fn log(&self) -> &PartitionLog<S> {
+        &self.log
+    }
+
+    /// Why the partition stopped, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    /// Whether a sync is wanted (the partition is dirty).
+    pub fn needs_sync(&self) -> bool {
+        self.sync_wanted.is_some()
+    }
+
+    /// Raft messages to send, in order.
+    pub fn take_messages(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Produce replies, in order.
+    pub fn take_replies(&mut self) -> Vec<ProduceReply> {
+        std::mem::take(&mut self.replies)
+    }
+
+    /// One logical tick.
+    pub async fn tick(&mut self, now_ms: i64) -> Result<(), EngineError> {
+        self.check()?;
+        self.replica.handle_tick();
+        self.run(now_ms).await
+    }
+
+    /// Starts an election now.
+    pub async fn campaign(&mut self, now_ms: i64) -> Result<(), EngineError> {
+        self.check()?;
+        self.replica.campaign();
+        self.run(now_ms).await
+    }
+
+    /// Steps a Raft message from a peer. A malformed message is refused and changes
+    /// nothing.
+    pub async fn step(&mut self, msg: Message, now_ms: i64) -> Result<(), StepError> {
+        self.check().map_err(StepError::Engine)?;
+        let r = self.replica.handle_message(msg);
+        self.run(now_ms).await.map_err(StepError::Engine)?;
+        r.map_err(StepError::Replica)
+    }
+
+    /// Proposes a batch; the answer comes through [`take_replies`] with `token`.
+    ///
+    /// [`take_replies`]: ReplicatedPartition::take_replies
+    pub async fn propose(
+        &mut self,
+        token: u64,
+        batch: Vec<u8>,
+        acks: Acks,
+        now_ms: i64,
+    ) -> Result<(), ProposeError> {
+        if let Some(f) = &self.failed {
+            return Err(ProposeError::Failed(f.clone()));
+        }
+        let r = self.replica.handle_propose(token, batch, acks);
+        self.run(now_ms)
+            .await
+            .map_err(|e| ProposeError::Failed(e.to_string()))?;
+        r
+    }
+
+    /// Makes every write so far durable (one fdatasync of the log; `raft.state` writes
+    /// are durable on their own) and tells the replica.
+    pub async fn sync(&mut self, now_ms: i64) -> Result<(), EngineError> {
+        self.check()?;
+        let Some(number) = self.sync_wanted.take() else {
+            return Ok(());
+        };
+        if let Err(e) = self.log.sync().await {
+            return Err(self.fail(EngineError::from_log(e)));
+        }
+        self.replica.handle_persisted(number);
+        self.run(now_ms).await
+    }
+
+    /// Whole committed batches from `offset`, up to about `max_bytes`: never beyond the
+    /// high watermark.
+    pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<Batches, EngineError> {
+        let hw = self.replica.high_watermark();
+        let start = self.log.log_start_offset();
+        if offset < start || offset > hw {
+            return Err(EngineError::OffsetOutOfRange {
+                offset,
+                log_start: start,
+                high_watermark: hw,
+            });
+        }
+        self.log
+            .read_bounded(offset, max_bytes, hw)
+            .await
+            .map_err(EngineError::from_log)
+    }
+
+    /// Moves the log start up to `offset` for retention (the replica's state first,
+    /// then the segments).
+    pub async fn retain_from(&mut self, offset: u64, now_ms: i64) -> Result<u64, EngineError> {
+        self.check()?;
+        let reached = self.replica.compact_to(offset);
+        self.run(now_ms).await?;
+        if reached > self.log.log_start_offset() {
+            if let Err(e) = self.log.truncate_prefix(reached).await {
+                return Err(self.fail(EngineError::from_log(e)));
+            }
+        }
+        Ok(reached)
+    }
+
+    fn check(&self) -> Result<(), EngineError> {
+        match &self.failed {
+            Some(f) => Err(EngineError::StorageFailed(f.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&mut self, e: EngineError) -> EngineError {
+        self.failed = Some(e.to_string());
+        e
+    }
+
+    /// Performs every action the replica has queued.
+    async fn run(&mut self, now_ms: i64) -> Result<(), EngineError> {
+        while let Some(action) = self.replica.poll_action() {
+            match action {
+                Action::Send(m) => self.outbox.push(m),
+                Action::Write(w) => {
+                    if let Err(e) = self.write(w, now_ms).await {
+                        return Err(self.fail(e));
+                    }
+                }
+                Action::Sync { number } => {
+                    self.sync_wanted = Some(self.sync_wanted.map_or(number, |n| n.max(number)));
+                }
+                Action::Fetch {
+                    id,
+                    offset,
+                    max_bytes,
+                } => {
+                    let max = usize::try_from(max_bytes).unwrap_or(usize::MAX);
+                    let batches = match self.log.read(offset, max).await {
+                        Ok(b) => split(&b.bytes, &self.limits),
+                        // Gone (retention) or unreadable: raft-rs asks again or falls
+                        // back to the log-start marker.
+                        Err(_) => Vec::new(),
+                    };
+                    self.replica.handle_entries_fetched(id, batches);
+                }
+                Action::Reply { token, result } => self.replies.push((token, result)),
+                Action::Committed { .. } => {}
+            }
+        }
+        if let Some(f) = self.replica.failure() {
+            let e = EngineError::Corruption(format!("replica failed: {f}"));
+            return Err(self.fail(e));
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, w: Write, now_ms: i64) -> Result<(), EngineError> {
+        match w {
+            Write::Append { batches } => {
+                for b in batches {
+                    let want = BatchHeader::parse(&b, &self.limits)
+                        .map_err(EngineError::InvalidBatch)?
+                        .base_offset;
+                    let mut bytes = b.to_vec();
+                    let at = self
+                        .log
+                        .append(&mut bytes, now_ms)
+                        .await
+                        .map_err(EngineError::from_log)?;
+                    if at.base_offset != want {
+                        return Err(EngineError::Corruption(format!(
+                            "replica placed a batch at {want} but the log appended it at {}",
+                            at.base_offset
+                        )));
+                    }
+                }
+            }
+            Write::TruncateSuffix { offset } => {
+                self.log
+                    .truncate_suffix(offset)
+                    .await
+                    .map_err(EngineError::from_log)?;
+            }
+            Write::SaveState { state } => {
+                self.log
+                    .write_sidecar(RAFT_STATE_FILE, &state)
+                    .await
+                    .map_err(EngineError::from_log)?;
+            }
+            Write::ResetLog { offset } => {
+                let start = self.log.log_start_offset();
+                if self.log.next_offset() > start {
+                    self.log
+                        .truncate_suffix(start)
+                        .await
+                        .map_err(EngineError::from_log)?;
+                }
+                if offset > start {
+                    self.log
+                        .truncate_prefix(offset)
+                        .await
+                        .map_err(EngineError::from_log)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a peer message was not stepped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Replica(ReplicaError),
+    #[error(transparent)]
+    Engine(EngineError),
+}
+
+/// Splits concatenated stored batches into one `Bytes` each.
+fn split(bytes: &[u8], limits: &Limits) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while let Ok(h) = BatchHeader::parse(rest, limits) {
+        let len = h.length as usize;
+        let Some((one, tail)) = rest.split_at_checked(len) else {
+            break;
+        };
+        out.push(Bytes::copy_from_slice(one));
+        rest = tail;
+    }
+    out
+}
