@@ -623,6 +623,32 @@ impl<S: Storage> PartitionLog<S> {
         Ok(None)
     }
 
+    /// The log start that [`PartitionLog::apply_retention`] would leave now: the base
+    /// of the oldest segment it would keep (the current log start if none would go).
+    /// Replication moves its own log-start marker there first, then calls
+    /// [`PartitionLog::truncate_prefix`].
+    pub fn retention_target(&self, now_ms: i64) -> u64 {
+        let mut total = self.size_bytes();
+        let mut target = self.log_start;
+        let sealed = self.segments.len().saturating_sub(1);
+        for (i, seg) in self.segments.iter().take(sealed).enumerate() {
+            let by_size = self
+                .config
+                .retention_bytes_max
+                .is_some_and(|max| total - seg.size() >= max);
+            let by_age = self.config.retention_age_ms_max.is_some_and(|age| {
+                seg.max_timestamp != i64::MIN
+                    && seg.max_timestamp < now_ms.saturating_sub(saturating_i64(age))
+            });
+            if !(by_size || by_age) {
+                break;
+            }
+            total -= seg.size();
+            target = self.segments.get(i + 1).map_or(seg.next, |s| s.base);
+        }
+        target.max(self.log_start)
+    }
+
     /// Deletes whole sealed segments past the retention limits. The active segment
     /// is never deleted.
     pub async fn apply_retention(&mut self, now_ms: i64) -> Result<Retained, LogError> {

@@ -257,12 +257,27 @@ fn retention_deletes_whole_sealed_segments_by_size_and_age() {
         block_on(log.append(&mut batch(tag, 1, 400, 1_000 + tag as i64), 0)).unwrap();
     }
     let size = log.size_bytes();
+    let target = log.retention_target(2_000);
+    assert!(target > 0, "retention is due");
+    assert_eq!(
+        log.log_start_offset(),
+        0,
+        "computing the target deletes nothing"
+    );
     let done = block_on(log.apply_retention(2_000)).unwrap();
     assert!(done.segments_deleted > 0);
     assert!(log.size_bytes() >= 20 * 1024 && log.size_bytes() < size);
     assert_eq!(log.log_start_offset(), log.segment_bases()[0]);
+    assert_eq!(
+        log.log_start_offset(),
+        target,
+        "the target is where retention went"
+    );
+    assert_eq!(log.retention_target(2_000), target, "nothing more is due");
     // Everything sealed is older than 10 s at t = 1_000_000: only the active remains.
+    let target = log.retention_target(1_000_000);
     block_on(log.apply_retention(1_000_000)).unwrap();
+    assert_eq!(log.log_start_offset(), target);
     assert_eq!(log.segment_count(), 1);
     assert!(block_on(log.verify()).unwrap().is_empty());
 }
