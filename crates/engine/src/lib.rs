@@ -28,8 +28,8 @@ pub mod waiters;
 
 pub use replicated::{ProduceReply, ReplicatedPartition, StepError, RAFT_STATE_FILE};
 pub use shard::{
-    AckPolicy, EngineError, OffsetQuery, Reply, Shard, ShardConfig, ShardStats, StorageProvider,
-    TopicPartition,
+    AckPolicy, EngineError, OffsetQuery, PartitionStats, Reply, Shard, ShardConfig, ShardStats,
+    StorageProvider, TopicPartition,
 };
 pub use waiters::{Token, WaitLimits};
 

@@ -211,6 +211,11 @@ impl<S: Storage> ReplicatedPartition<S> {
         Ok(reached)
     }
 
+    /// Closes the log cleanly (a final sync and the clean-shutdown marker).
+    pub async fn close(self) -> Result<(), EngineError> {
+        self.log.close().await.map_err(EngineError::from_log)
+    }
+
     fn check(&self) -> Result<(), EngineError> {
         match &self.failed {
             Some(f) => Err(EngineError::StorageFailed(f.clone())),

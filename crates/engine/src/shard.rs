@@ -19,11 +19,13 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 
-use sluice_proto::BatchError;
-use sluice_storage::{Batches, LogConfig, LogError, PartitionLog, RecoveryReport, Storage};
+use sluice_proto::{BatchError, BatchView};
+use sluice_replica::{Acks, ProposeError, ReplicaConfig, ReplyError};
+use sluice_storage::{Batches, LogConfig, LogError, RecoveryReport, Storage};
 use thiserror::Error;
 
-use crate::waiters::{PendingAck, PendingFetch, Ready, Token, WaitLimits, Waiters};
+use crate::replicated::ReplicatedPartition;
+use crate::waiters::{PendingFetch, Ready, Token, WaitLimits, Waiters};
 
 /// A partition of a topic.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -102,6 +104,8 @@ pub enum EngineError {
     StorageFailed(String),
     #[error("request timed out (the write may still have been appended)")]
     TimedOut,
+    #[error("this node does not lead {0}")]
+    NotLeader(TopicPartition),
     #[error("too many requests waiting on {0}")]
     TooManyWaiting(TopicPartition),
     #[error("invalid config: {0}")]
@@ -155,6 +159,8 @@ pub struct ShardConfig {
     pub wait_limits: WaitLimits,
     /// How often `tick` applies each partition's retention (whole sealed segments).
     pub retention_interval_ms: i64,
+    /// This node's id in its partitions' Raft groups.
+    pub node_id: u64,
 }
 
 impl Default for ShardConfig {
@@ -162,6 +168,7 @@ impl Default for ShardConfig {
         Self {
             wait_limits: WaitLimits::default(),
             retention_interval_ms: 30_000,
+            node_id: 1,
         }
     }
 }
@@ -182,10 +189,12 @@ pub struct ShardStats {
 
 #[derive(Debug)]
 struct Partition<S: Storage> {
-    log: PartitionLog<S>,
+    /// The replica over the partition log (a single-voter group on a single node).
+    rp: ReplicatedPartition<S>,
+    /// The high watermark and the long-polling fetches.
     waiters: Waiters,
-    /// Appended since the last flush.
-    dirty: bool,
+    /// Produce requests the replica has not answered yet, with their deadlines.
+    acks: BTreeMap<Token, i64>,
 }
 
 /// The partitions of one shard and the logic of every request on them.
@@ -223,6 +232,22 @@ impl<P: StorageProvider> Shard<P> {
         self.partitions.keys()
     }
 
+    /// Size, segments, offsets and replication state of one partition.
+    pub fn partition_stats(&self, tp: &TopicPartition) -> Option<PartitionStats> {
+        let p = self.partitions.get(tp)?;
+        let log = p.rp.log();
+        let status = p.rp.replica().status();
+        Some(PartitionStats {
+            log_bytes: log.size_bytes(),
+            segments: log.segment_count() as u64,
+            log_start: log.log_start_offset(),
+            log_end: log.next_offset(),
+            high_watermark: p.waiters.high_watermark(),
+            term: status.term,
+            is_leader: status.is_leader,
+        })
+    }
+
     /// The next reply to hand back, if any.
     pub fn poll_reply(&mut self) -> Option<(Token, Reply)> {
         self.replies.pop_front()
@@ -230,7 +255,7 @@ impl<P: StorageProvider> Shard<P> {
 
     /// Whether a flush would sync anything.
     pub fn has_dirty(&self) -> bool {
-        self.partitions.values().any(|p| p.dirty)
+        self.partitions.values().any(|p| p.rp.needs_sync())
     }
 
     fn reply(&mut self, token: Token, reply: Reply) {
@@ -240,7 +265,8 @@ impl<P: StorageProvider> Shard<P> {
         self.replies.push_back((token, reply));
     }
 
-    /// Opens (recovering) or creates the partition `tp`.
+    /// Opens (recovering) or creates the partition `tp`, and makes this node its
+    /// leader: a single-voter Raft group elects itself and commits its first entry.
     pub async fn open_partition(
         &mut self,
         tp: TopicPartition,
@@ -254,17 +280,20 @@ impl<P: StorageProvider> Shard<P> {
             .provider
             .open(&tp)
             .map_err(|e| EngineError::StorageFailed(format!("{tp}: {e}")))?;
-        let (log, report) = PartitionLog::open(storage, config, now_ms)
-            .await
-            .map_err(EngineError::from_log)?;
-        // Recovery made everything it kept durable: all of it is committed.
-        let waiters = Waiters::new(log.durable_end(), self.config.wait_limits);
+        let node = self.config.node_id;
+        let mut replica = ReplicaConfig::new(node, vec![node]);
+        replica.limits = config.limits;
+        replica.seed = node ^ u64::from(tp.partition).rotate_left(32);
+        let (mut rp, report) = ReplicatedPartition::open(storage, config, replica, now_ms).await?;
+        rp.campaign(now_ms).await?;
+        rp.sync(now_ms).await?;
+        let waiters = Waiters::new(rp.replica().high_watermark(), self.config.wait_limits);
         self.partitions.insert(
             tp,
             Partition {
-                log,
+                rp,
                 waiters,
-                dirty: false,
+                acks: BTreeMap::new(),
             },
         );
         Ok(report)
@@ -279,14 +308,19 @@ impl<P: StorageProvider> Shard<P> {
         let tps: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
         for tp in tps {
             let mut ready = Vec::new();
+            let mut unanswered = Vec::new();
             if let Some(p) = self.partitions.get_mut(&tp) {
                 p.waiters.drain(&mut ready);
+                unanswered = std::mem::take(&mut p.acks).into_keys().collect();
+            }
+            for token in unanswered {
+                self.reply(token, Reply::Failed(EngineError::TimedOut));
             }
             self.answer_ready(&tp, ready).await;
             let Some(p) = self.partitions.remove(&tp) else {
                 continue;
             };
-            if let Err(e) = p.log.close().await {
+            if let Err(e) = p.rp.close().await {
                 first_err.get_or_insert(EngineError::StorageFailed(format!("{tp}: {e}")));
             }
         }
@@ -300,11 +334,14 @@ impl<P: StorageProvider> Shard<P> {
         };
         let mut ready = Vec::new();
         p.waiters.drain(&mut ready);
+        let mut tokens: Vec<Token> = std::mem::take(&mut p.acks).into_keys().collect();
         for r in ready {
-            let token = match r {
+            tokens.push(match r {
                 Ready::Acked(a) | Ready::AckTimedOut(a) => a.token,
                 Ready::Readable(f) | Ready::FetchExpired(f) => f.token,
-            };
+            });
+        }
+        for token in tokens {
             self.reply(
                 token,
                 Reply::Failed(EngineError::UnknownPartition(tp.clone())),
@@ -316,15 +353,16 @@ impl<P: StorageProvider> Shard<P> {
             .map_err(|e| EngineError::StorageFailed(format!("{tp}: {e}")))
     }
 
-    /// Appends one batch (validated by the log) and answers per `acks`: now for
-    /// `None`, after the flush that makes it durable otherwise, or `TimedOut` once
+    /// Validates one batch and proposes it to the partition's replica; answers per
+    /// `acks`: at the append for `None`, after the leader's fsync for `Leader`, once
+    /// committed for `All` (single voter: its own fsync), or `TimedOut` once
     /// `timeout_ms` passes first.
     pub async fn produce(
         &mut self,
         now_ms: i64,
         token: Token,
         tp: &TopicPartition,
-        mut batch: Vec<u8>,
+        batch: Vec<u8>,
         acks: AckPolicy,
         timeout_ms: u32,
     ) {
@@ -336,45 +374,86 @@ impl<P: StorageProvider> Shard<P> {
             );
             return;
         };
-        // Refuse before appending, so a refusal is definite.
-        if acks != AckPolicy::None && p.waiters.acks_waiting() >= self.config.wait_limits.acks_max {
+        // Refuse before proposing, so a refusal is definite.
+        if p.acks.len() >= self.config.wait_limits.acks_max {
             self.reply(
                 token,
                 Reply::Failed(EngineError::TooManyWaiting(tp.clone())),
             );
             return;
         }
+        let limits = p.rp.log().config().limits;
+        if let Err(e) = BatchView::parse(&batch, &limits) {
+            self.reply(token, Reply::Failed(EngineError::InvalidBatch(e)));
+            return;
+        }
+        if let Some(reason) = p.rp.log().poisoned() {
+            let err = EngineError::StorageFailed(reason.to_string());
+            self.reply(token, Reply::Failed(err));
+            return;
+        }
         let len = batch.len() as u64;
-        let result = p.log.append(&mut batch, now_ms).await;
-        let reply = match result {
-            Err(e) => Some(Reply::Failed(EngineError::from_log(e))),
-            Ok(at) => {
-                p.dirty = true;
-                self.stats.produce_bytes += len;
-                if acks == AckPolicy::None {
-                    Some(Reply::Produced {
-                        base_offset: at.base_offset,
-                        last_offset: at.last_offset,
-                        log_start: p.log.log_start_offset(),
-                    })
-                } else {
-                    let ack = PendingAck {
-                        token,
-                        base_offset: at.base_offset,
-                        last_offset: at.last_offset,
-                        deadline_ms: now_ms.saturating_add(i64::from(timeout_ms)),
-                    };
-                    // Capacity was checked above and nothing ran in between.
-                    match p.waiters.add_ack(ack) {
-                        Ok(()) => None,
-                        Err(_) => Some(Reply::Failed(EngineError::TimedOut)),
-                    }
-                }
-            }
+        let policy = match acks {
+            AckPolicy::None => Acks::None,
+            AckPolicy::Leader => Acks::Leader,
+            AckPolicy::All => Acks::All,
         };
-        if let Some(reply) = reply {
+        let deadline = now_ms.saturating_add(i64::from(timeout_ms));
+        p.acks.insert(token, deadline);
+        match p.rp.propose(token, batch, policy, now_ms).await {
+            Ok(()) => self.stats.produce_bytes += len,
+            Err(e) => {
+                p.acks.remove(&token);
+                let err = match e {
+                    ProposeError::NotLeader { .. } | ProposeError::NotReady => {
+                        EngineError::NotLeader(tp.clone())
+                    }
+                    ProposeError::Dropped => EngineError::TooManyWaiting(tp.clone()),
+                    ProposeError::Invalid(why) | ProposeError::Failed(why) => {
+                        EngineError::StorageFailed(why)
+                    }
+                };
+                self.reply(token, Reply::Failed(err));
+            }
+        }
+        self.collect(tp).await;
+    }
+
+    /// Hands the replica's produce replies to their requests and serves the fetches
+    /// the high watermark now covers.
+    async fn collect(&mut self, tp: &TopicPartition) {
+        let Some(p) = self.partitions.get_mut(tp) else {
+            return;
+        };
+        let log_start = p.rp.log().log_start_offset();
+        let mut answers = Vec::new();
+        for (token, result) in p.rp.take_replies() {
+            // A request already answered (timed out) is not answered twice.
+            if p.acks.remove(&token).is_none() {
+                continue;
+            }
+            answers.push((
+                token,
+                match result {
+                    Ok(done) => Reply::Produced {
+                        base_offset: done.base_offset,
+                        last_offset: done.last_offset,
+                        log_start,
+                    },
+                    // Indeterminate, like a timeout: the write may survive.
+                    Err(ReplyError::LeadershipLost) => Reply::Failed(EngineError::TimedOut),
+                },
+            ));
+        }
+        let mut ready = Vec::new();
+        let hw = p.rp.replica().high_watermark();
+        if hw > p.waiters.high_watermark() {
+            p.waiters.advance(hw, &mut ready);
+        }
+        for (token, reply) in answers {
             self.reply(token, reply);
         }
+        self.answer_ready(tp, ready).await;
     }
 
     /// Serves a fetch: whole batches from `offset` below the high watermark, or, when
@@ -397,8 +476,8 @@ impl<P: StorageProvider> Shard<P> {
             return;
         };
         let hw = p.waiters.high_watermark();
-        let start = p.log.log_start_offset();
-        if offset < start || offset > p.log.next_offset() {
+        let start = p.rp.log().log_start_offset();
+        if offset < start || offset > p.rp.log().next_offset() {
             let err = EngineError::OffsetOutOfRange {
                 offset,
                 log_start: start,
@@ -444,11 +523,11 @@ impl<P: StorageProvider> Shard<P> {
             .get(tp)
             .ok_or_else(|| EngineError::UnknownPartition(tp.clone()))?;
         let hw = p.waiters.high_watermark();
+        let log = p.rp.log();
         Ok(match query {
-            OffsetQuery::Earliest => Some(p.log.log_start_offset()),
+            OffsetQuery::Earliest => Some(log.log_start_offset()),
             OffsetQuery::Latest => Some(hw),
-            OffsetQuery::Timestamp(ts) => p
-                .log
+            OffsetQuery::Timestamp(ts) => log
                 .offset_for_timestamp(ts)
                 .await
                 .map_err(EngineError::from_log)?
@@ -457,52 +536,49 @@ impl<P: StorageProvider> Shard<P> {
     }
 
     /// The group commit: syncs every partition appended to since the last flush,
-    /// all at once, then answers the producers whose batches became durable and the
-    /// fetches that can now be served. A failed sync poisons its partition: its
-    /// waiting producers get `StorageFailed`.
-    pub async fn flush(&mut self, _now_ms: i64) {
+    /// all at once, then answers the producers whose batches became durable (single
+    /// voter: committed) and the fetches that can now be served. A failed sync
+    /// poisons its partition: its waiting producers get `StorageFailed`.
+    pub async fn flush(&mut self, now_ms: i64) {
         self.stats.flushes += 1;
         let syncs = self
             .partitions
             .iter_mut()
-            .filter(|(_, p)| p.dirty)
-            .map(|(tp, p)| async move {
-                p.dirty = false;
-                (tp.clone(), p.log.sync().await)
-            });
+            .filter(|(_, p)| p.rp.needs_sync())
+            .map(|(tp, p)| async move { (tp.clone(), p.rp.sync(now_ms).await) });
         let results = futures_util::future::join_all(syncs).await;
         self.stats.partitions_synced += results.len() as u64;
         for (tp, result) in results {
-            let mut ready = Vec::new();
-            let Some(p) = self.partitions.get_mut(&tp) else {
-                continue;
-            };
-            match result {
-                Ok(end) => p.waiters.advance(end, &mut ready),
-                Err(e) => {
-                    let err = EngineError::from_log(e);
-                    let mut failed = Vec::new();
-                    p.waiters.truncate(0, &mut failed);
-                    for r in failed {
-                        if let Ready::AckTimedOut(a) = r {
-                            self.replies
-                                .push_back((a.token, Reply::Failed(err.clone())));
-                            self.stats.errors += 1;
-                        }
+            if let Err(err) = result {
+                let failed: Vec<Token> = match self.partitions.get_mut(&tp) {
+                    Some(p) => {
+                        p.rp.take_replies();
+                        std::mem::take(&mut p.acks).into_keys().collect()
                     }
+                    None => Vec::new(),
+                };
+                for token in failed {
+                    self.reply(token, Reply::Failed(err.clone()));
                 }
             }
-            self.answer_ready(&tp, ready).await;
+            self.collect(&tp).await;
         }
     }
 
     /// Applies every partition's retention now: whole sealed segments past their
-    /// size or age limit are deleted. Returns the segments deleted.
+    /// size or age limit are deleted (the replica's log-start marker moves first).
+    /// Returns the segments deleted.
     pub async fn apply_retention(&mut self, now_ms: i64) -> u64 {
         let mut deleted = 0;
         for p in self.partitions.values_mut() {
-            match p.log.apply_retention(now_ms).await {
-                Ok(r) => deleted += r.segments_deleted as u64,
+            let log = p.rp.log();
+            let target = log.retention_target(now_ms);
+            if target <= log.log_start_offset() {
+                continue;
+            }
+            let before = log.segment_count();
+            match p.rp.retain_from(target, now_ms).await {
+                Ok(_) => deleted += before.saturating_sub(p.rp.log().segment_count()) as u64,
                 // A poisoned log refuses; its producers already got StorageFailed.
                 Err(_) => self.stats.retention_errors += 1,
             }
@@ -512,7 +588,8 @@ impl<P: StorageProvider> Shard<P> {
         deleted
     }
 
-    /// Answers deadlines that passed, and applies retention when it is due.
+    /// Answers deadlines that passed, ticks the replicas, and applies retention when
+    /// it is due.
     pub async fn tick(&mut self, now_ms: i64) {
         let due = self
             .retention_ms
@@ -520,15 +597,28 @@ impl<P: StorageProvider> Shard<P> {
         if due {
             self.apply_retention(now_ms).await;
         }
-        let mut expired: Vec<(TopicPartition, Vec<Ready>)> = Vec::new();
+        let mut expired: Vec<(TopicPartition, Vec<Ready>, Vec<Token>)> = Vec::new();
         for (tp, p) in self.partitions.iter_mut() {
+            let _ = p.rp.tick(now_ms).await;
             let mut ready = Vec::new();
             p.waiters.expire(now_ms, &mut ready);
-            if !ready.is_empty() {
-                expired.push((tp.clone(), ready));
+            let late: Vec<Token> = p
+                .acks
+                .iter()
+                .filter(|(_, &deadline)| deadline <= now_ms)
+                .map(|(&t, _)| t)
+                .collect();
+            for t in &late {
+                p.acks.remove(t);
+            }
+            if !ready.is_empty() || !late.is_empty() {
+                expired.push((tp.clone(), ready, late));
             }
         }
-        for (tp, ready) in expired {
+        for (tp, ready, late) in expired {
+            for token in late {
+                self.reply(token, Reply::Failed(EngineError::TimedOut));
+            }
             self.answer_ready(&tp, ready).await;
         }
     }
@@ -544,21 +634,8 @@ impl<P: StorageProvider> Shard<P> {
                     self.note_fetch(&reply);
                     self.reply(f.token, reply);
                 }
-                Ready::Acked(a) => {
-                    let log_start = self
-                        .partitions
-                        .get(tp)
-                        .map_or(0, |p| p.log.log_start_offset());
-                    self.reply(
-                        a.token,
-                        Reply::Produced {
-                            base_offset: a.base_offset,
-                            last_offset: a.last_offset,
-                            log_start,
-                        },
-                    );
-                }
-                Ready::AckTimedOut(a) => {
+                // Produce acknowledgements come from the replica, not the waiters.
+                Ready::Acked(a) | Ready::AckTimedOut(a) => {
                     self.reply(a.token, Reply::Failed(EngineError::TimedOut));
                 }
             }
@@ -566,11 +643,24 @@ impl<P: StorageProvider> Shard<P> {
     }
 }
 
+/// Size, offsets and replication state of one partition (for describe and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PartitionStats {
+    pub log_bytes: u64,
+    pub segments: u64,
+    pub log_start: u64,
+    pub log_end: u64,
+    pub high_watermark: u64,
+    pub term: u64,
+    pub is_leader: bool,
+}
+
 /// Reads committed batches from `offset` (never past the high watermark).
 async fn read_reply<S: Storage>(p: &Partition<S>, offset: u64, max_bytes: u32) -> Reply {
     let hw = p.waiters.high_watermark();
-    let log_start = p.log.log_start_offset();
-    match p.log.read_bounded(offset, max_bytes as usize, hw).await {
+    let log = p.rp.log();
+    let log_start = log.log_start_offset();
+    match log.read_bounded(offset, max_bytes as usize, hw).await {
         Ok(batches) => Reply::Fetched {
             batches,
             high_watermark: hw,

@@ -323,6 +323,7 @@ impl Engine {
                     wait_limits: config.wait_limits,
                     retention_interval_ms: i64::try_from(config.retention_interval_ms)
                         .unwrap_or(i64::MAX),
+                    ..ShardConfig::default()
                 },
                 rx,
                 initial,
@@ -846,6 +847,35 @@ impl EngineHandle {
             shards,
             queue_full_waits: self.inner.queue_full_waits.load(Ordering::Relaxed),
         })
+    }
+
+    /// The stats of the partitions of topic `name`, in partition order (empty for an
+    /// unknown topic; a partition its shard does not hold is left out). Asks only the
+    /// shards that own them and lists only their directories (for `log_bytes` and
+    /// `segments`, as [`stats`](Self::stats) does), so describing one topic costs what
+    /// the topic costs, not what the whole node holds.
+    pub async fn topic_stats(&self, name: &str) -> Result<Vec<PartitionStats>, RequestError> {
+        let Some(info) = self.topic(name) else {
+            return Ok(Vec::new());
+        };
+        let owners: BTreeSet<usize> = info
+            .topic_partitions()
+            .map(|tp| self.inner.shard_of(&tp))
+            .collect();
+        let asks = owners
+            .into_iter()
+            .map(|shard| self.inner.call(shard, |reply| Request::Stats { reply }));
+        let reports: Vec<Result<ShardReport, RequestError>> =
+            futures_util::future::join_all(asks).await;
+        let mut partitions = Vec::new();
+        for r in reports {
+            partitions.extend(r?.partitions.into_iter().filter(|p| p.tp.topic == name));
+        }
+        partitions.sort_by_key(|p| p.tp.partition);
+        for p in &mut partitions {
+            fill_log_size(&self.inner.data_dir, p);
+        }
+        Ok(partitions)
     }
 
     /// Stops the engine cleanly: refuses new requests (`ShuttingDown`), lets every

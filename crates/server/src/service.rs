@@ -225,19 +225,29 @@ impl BrokerService {
                 format!("unknown topic {name}"),
             ));
         };
+        // One ask per owning shard for every partition's offsets and log size (not two
+        // queue hops per partition); a partition missing from the stats (being created
+        // or deleted right now) is described as empty.
+        let stats = self.engine.topic_stats(name).await.map_err(request_error)?;
+        let mut stats = stats.into_iter().peekable();
         let mut partitions = Vec::with_capacity(info.partitions as usize);
         for p in 0..info.partitions {
-            let tp = TopicPartition::new(name, p);
-            let start = self.engine.list_offsets(&tp, OffsetQuery::Earliest).await;
-            let hw = self.engine.list_offsets(&tp, OffsetQuery::Latest).await;
-            partitions.push(PartitionDescription {
+            let mut d = PartitionDescription {
                 partition: p,
                 leader: Some(self.me.node_id),
                 replicas: vec![self.me.node_id],
-                log_start: start.ok().flatten().unwrap_or(0),
-                high_watermark: hw.ok().flatten().unwrap_or(0),
+                log_start: 0,
+                high_watermark: 0,
                 log_bytes: 0,
-            });
+            };
+            while let Some(s) = stats.next_if(|s| s.tp.partition <= p) {
+                if s.tp.partition == p {
+                    d.log_start = s.log_start;
+                    d.high_watermark = s.high_watermark;
+                    d.log_bytes = s.log_bytes;
+                }
+            }
+            partitions.push(d);
         }
         Ok(TopicDescription {
             name: info.name,
@@ -276,6 +286,7 @@ pub fn engine_error(e: EngineError) -> ErrorBody {
         EngineError::InvalidBatch(b) => ErrorBody::from(b),
         EngineError::StorageFull => ErrorBody::new(ErrorCode::StorageFull, msg),
         EngineError::TooManyWaiting(_) => ErrorBody::new(ErrorCode::TooManyRequests, msg),
+        EngineError::NotLeader(_) => ErrorBody::new(ErrorCode::NotLeader, msg),
         EngineError::InvalidConfig(_) => ErrorBody::new(ErrorCode::InvalidConfig, msg),
         EngineError::OffsetOutOfRange {
             offset,
