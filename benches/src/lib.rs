@@ -1,5 +1,6 @@
 //! Sluice benchmarks: the workload pieces shared by the criterion micro-benchmarks
-//! (`benches/`) and the storage throughput tool (`sluice-storage-bench`).
+//! (`benches/`) and the storage throughput tool (`sluice-storage-bench`), and in
+//! [`load`] the pure parts of the `sluice-bench` load generator.
 //!
 //! # The model
 //!
@@ -17,6 +18,8 @@
 //! the benchmarks.
 
 use std::time::Duration;
+
+pub mod load;
 
 use sluice_proto::{BatchBuilder, BatchError, Limits};
 use sluice_storage::LogConfig;

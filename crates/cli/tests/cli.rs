@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use support::{run_command, sluice_bare, Broker};
+use support::{run_command, sluice_bare, start_broker, SluiceCli};
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -32,7 +32,7 @@ fn values(records: &[Value]) -> Vec<String> {
 
 #[test]
 fn topic_create_list_describe_delete_round_trip() {
-    let broker = Broker::start();
+    let broker = start_broker();
     let created = broker.ok(
         &[
             "topic",
@@ -88,6 +88,13 @@ fn topic_create_list_describe_delete_round_trip() {
         assert_eq!(p["partition"], i);
         assert_eq!(p["log_start"], 0);
         assert_eq!(p["high_watermark"], if i == 1 { 2 } else { 0 });
+        // The engine's log size: one 2-record batch on partition 1, nothing elsewhere.
+        let log_bytes = p["log_bytes"].as_u64().expect("log_bytes");
+        if i == 1 {
+            assert!((64..1024).contains(&log_bytes), "{p}");
+        } else {
+            assert_eq!(log_bytes, 0, "{p}");
+        }
         assert!(p["leader"].is_u64(), "{p}");
     }
     let text = broker.ok(&["topic", "describe", "orders"], b"").stdout;
@@ -109,7 +116,7 @@ fn topic_create_list_describe_delete_round_trip() {
 
 #[test]
 fn produce_1000_lines_then_consume_them_all() {
-    let broker = Broker::start();
+    let broker = start_broker();
     broker.ok(&["topic", "create", "events", "--partitions", "4"], b"");
     let input = lines("line", 1000);
     let produced = broker.ok(&["produce", "events", "--output", "json"], input.as_bytes());
@@ -187,7 +194,7 @@ fn produce_1000_lines_then_consume_them_all() {
 
 #[test]
 fn produce_keyed_empty_and_binary_lines() {
-    let broker = Broker::start();
+    let broker = start_broker();
     broker.ok(&["topic", "create", "keyed", "--partitions", "5"], b"");
     let mut input = b"first\n\n".to_vec();
     input.extend_from_slice(&[0xff, 0x00, 0xfe, b'\n']);
@@ -229,7 +236,7 @@ fn produce_keyed_empty_and_binary_lines() {
 
 #[test]
 fn consume_from_a_timestamp() {
-    let broker = Broker::start();
+    let broker = start_broker();
     broker.ok(&["topic", "create", "clock", "--partitions", "2"], b"");
     broker.ok(&["produce", "clock"], lines("old", 6).as_bytes());
     std::thread::sleep(Duration::from_millis(30));
@@ -281,7 +288,7 @@ fn consume_from_a_timestamp() {
 
 #[test]
 fn consume_of_an_unknown_topic_fails_naming_it() {
-    let broker = Broker::start();
+    let broker = start_broker();
     let run = broker.run(&["consume", "no-such-topic", "--from", "earliest"], b"");
     assert_eq!(run.status.code(), Some(1), "{run:?}");
     assert!(run.stderr.contains("no-such-topic"), "{}", run.stderr);
@@ -293,7 +300,7 @@ fn consume_of_an_unknown_topic_fails_naming_it() {
 
 #[test]
 fn consume_out_of_range_offset_names_the_valid_range() {
-    let broker = Broker::start();
+    let broker = start_broker();
     broker.ok(&["topic", "create", "short", "--partitions", "1"], b"");
     broker.ok(&["produce", "short"], lines("r", 10).as_bytes());
     let run = broker.run(&["consume", "short", "--from", "50"], b"");
@@ -312,7 +319,7 @@ fn consume_out_of_range_offset_names_the_valid_range() {
 
 #[test]
 fn cluster_status_json_parses() {
-    let broker = Broker::start();
+    let broker = start_broker();
     broker.ok(&["topic", "create", "a", "--partitions", "2"], b"");
     broker.ok(&["topic", "create", "b", "--partitions", "3"], b"");
     let status = broker.ok(&["cluster", "status", "--output", "json"], b"");
@@ -340,7 +347,7 @@ fn cluster_status_json_parses() {
 
 #[test]
 fn follow_waits_for_new_records_and_ctrl_c_exits_0() {
-    let broker = Broker::start();
+    let broker = start_broker();
     broker.ok(&["topic", "create", "live", "--partitions", "2"], b"");
 
     // --follow --count: long-polls until the records arrive, then exits.
@@ -393,9 +400,9 @@ fn follow_waits_for_new_records_and_ctrl_c_exits_0() {
 
 #[test]
 fn cannot_connect_and_usage_exit_codes() {
-    let broker = Broker::start();
-    let server = broker.addr.to_string();
-    let ca = broker.ca.to_str().expect("UTF-8 CA path").to_owned();
+    let broker = start_broker();
+    let server = broker.addr().to_string();
+    let ca = broker.ca_path().to_str().expect("UTF-8 CA path").to_owned();
     // A port with no broker behind it: the QUIC handshake never completes.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp socket");
     let nobody = silent.local_addr().expect("addr").to_string();
@@ -483,7 +490,7 @@ fn cannot_connect_and_usage_exit_codes() {
 
 #[test]
 fn produce_reports_the_write_outcome_when_the_broker_dies() {
-    let mut broker = Broker::start();
+    let mut broker = start_broker();
     broker.ok(&["topic", "create", "doomed", "--partitions", "1"], b"");
     let mut child = broker
         .sluice()

@@ -5,10 +5,10 @@
 //! The rule the transport follows: a request "leaves" when its stream's send side is
 //! finished (the gateway dispatches nothing before it has the whole frame and the end of
 //! the stream). Anything that fails before that is definite. After it, only an answer
-//! from the broker, a stream refused unread (reset with `STREAM_ERROR_TOO_MANY`,
-//! `STREAM_ERROR_TIMEOUT` or `CONNECTION_ERROR_SHUTDOWN`), or a connection closed with
-//! `CONNECTION_ERROR_SHUTDOWN` (which promises that every unanswered request was refused)
-//! is definite; everything else (a timeout, a lost connection, a garbled answer) is
+//! from the broker or a stream refused unread (reset with `STREAM_ERROR_TOO_MANY`,
+//! `STREAM_ERROR_TIMEOUT` or `CONNECTION_ERROR_SHUTDOWN`) is definite; everything else
+//! (a timeout, a lost connection — even one closed with `CONNECTION_ERROR_SHUTDOWN`,
+//! which can cut off the answer to a request already acted on — a garbled answer) is
 //! indeterminate.
 
 use std::net::SocketAddr;

@@ -802,7 +802,11 @@ impl Driver {
             if no_linger {
                 t.accumulator.seal_all();
             }
-            while let Some(ready) = t.accumulator.poll_ready(now) {
+            // A partition with a request in flight keeps filling its open batch.
+            while let Some(ready) = {
+                let queue = &t.queue;
+                t.accumulator.poll_ready_unless(now, |p| queue.is_busy(p))
+            } {
                 t.partitioner.sealed(ready.partition);
                 t.queue
                     .enqueue(ready.partition, Batch::sealed(ready, delivery_timeout_ms));
@@ -906,7 +910,7 @@ impl Driver {
             .values()
             .flat_map(|t| {
                 [
-                    t.accumulator.next_deadline(),
+                    t.accumulator.next_deadline_unless(|p| t.queue.is_busy(p)),
                     t.queue.next_retry(now),
                     t.queue.min_front(|b| b.deadline_ms),
                 ]

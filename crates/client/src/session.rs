@@ -361,12 +361,24 @@ impl<T> Accumulator<T> {
 
     /// The next batch to send: sealed ones first, then open ones whose linger passed.
     pub fn poll_ready(&mut self, now_ms: i64) -> Option<ReadyBatch<T>> {
+        self.poll_ready_unless(now_ms, |_| false)
+    }
+
+    /// Like [`poll_ready`](Self::poll_ready), but an open batch of a partition for which
+    /// `busy` is true stays open past its linger and keeps filling (Kafka's behaviour:
+    /// while a partition's request is in flight its next batch grows, so a small linger
+    /// under load still makes large batches); full batches are handed out regardless.
+    pub fn poll_ready_unless(
+        &mut self,
+        now_ms: i64,
+        busy: impl Fn(u32) -> bool,
+    ) -> Option<ReadyBatch<T>> {
         if self.sealed.is_empty() {
             let linger = i64::try_from(self.config.linger_ms).unwrap_or(i64::MAX);
             let due: Vec<u32> = self
                 .open
                 .iter()
-                .filter(|(_, b)| now_ms.saturating_sub(b.opened_ms) >= linger)
+                .filter(|(p, b)| now_ms.saturating_sub(b.opened_ms) >= linger && !busy(**p))
                 .map(|(p, _)| *p)
                 .collect();
             for p in due {
@@ -386,10 +398,17 @@ impl<T> Accumulator<T> {
 
     /// When the next open batch's linger passes, if any is open.
     pub fn next_deadline(&self) -> Option<i64> {
+        self.next_deadline_unless(|_| false)
+    }
+
+    /// When the next open batch of a partition that is not `busy` lingers out (a busy
+    /// partition's batch is handed out when the partition frees, not on a timer).
+    pub fn next_deadline_unless(&self, busy: impl Fn(u32) -> bool) -> Option<i64> {
         let linger = i64::try_from(self.config.linger_ms).unwrap_or(i64::MAX);
         self.open
-            .values()
-            .map(|b| b.opened_ms.saturating_add(linger))
+            .iter()
+            .filter(|(p, _)| !busy(**p))
+            .map(|(_, b)| b.opened_ms.saturating_add(linger))
             .min()
     }
 
@@ -443,6 +462,14 @@ impl<B> SendQueue<B> {
             queues: BTreeMap::new(),
             cursor: 0,
         }
+    }
+
+    /// Whether `partition` already has its in-flight sends or a batch waiting: a new
+    /// batch for it would only queue.
+    pub fn is_busy(&self, partition: u32) -> bool {
+        self.queues.get(&partition).is_some_and(|q| {
+            q.in_flight >= self.in_flight_per_partition_max || !q.waiting.is_empty()
+        })
     }
 
     /// Queues a batch behind `partition`'s others.
@@ -675,6 +702,39 @@ mod tests {
         rest.sort();
         assert_eq!(rest, vec![(0, vec![6]), (1, vec![1, 3, 5])]);
         assert!(acc.is_empty());
+    }
+
+    #[test]
+    fn a_busy_partitions_batch_keeps_filling_past_its_linger() {
+        let mut acc = Accumulator::new(cfg(100_000, 0));
+        let mut queue: SendQueue<u32> = SendQueue::new(1);
+        queue.enqueue(0, 99);
+        assert!(queue.next(0).is_some());
+        assert!(queue.is_busy(0) && !queue.is_busy(1));
+        let value = [3u8; 100];
+        for i in 0..4u32 {
+            acc.push(0, i % 2, RecordRef::new(0, None, Some(&value)), i)
+                .unwrap();
+        }
+        // Linger 0 has passed for both, but partition 0 has a request in flight.
+        let b = acc.poll_ready_unless(5, |p| queue.is_busy(p)).unwrap();
+        assert_eq!((b.partition, b.records), (1, vec![1, 3]));
+        assert!(acc.poll_ready_unless(5, |p| queue.is_busy(p)).is_none());
+        assert_eq!(
+            acc.next_deadline_unless(|p| queue.is_busy(p)),
+            None,
+            "no timer while busy"
+        );
+        acc.push(0, 0, RecordRef::new(0, None, Some(&value)), 4)
+            .unwrap();
+        queue.complete(0, Outcome::Done, None);
+        assert!(!queue.is_busy(0));
+        let b = acc.poll_ready_unless(6, |p| queue.is_busy(p)).unwrap();
+        assert_eq!(
+            (b.partition, b.records),
+            (0, vec![0, 2, 4]),
+            "one grown batch"
+        );
     }
 
     #[test]

@@ -46,8 +46,8 @@ use rustls_pki_types::CertificateDer;
 use sluice_proto::wire::{
     decode_response, encode_request_head, read_frame_len, Acks, ClusterInfo, FetchOk, FrameLimits,
     MetadataOk, OffsetOk, OffsetSpec, ProduceOk, Request, RequestHeader, RequestKind, Response,
-    TopicConfig, TopicDescription, TopicSummary, WriteOutcome, ALPN, APP_NO_ERROR,
-    CONNECTION_ERROR_SHUTDOWN, FRAME_LEN_BYTES, STREAM_ERROR_CANCELLED, STREAM_ERROR_MALFORMED,
+    TopicConfig, TopicDescription, TopicSummary, WriteOutcome, ALPN, APP_NO_ERROR, FRAME_LEN_BYTES,
+    STREAM_ERROR_CANCELLED, STREAM_ERROR_MALFORMED,
 };
 
 use crate::error::{is_refusal, ClientError};
@@ -686,22 +686,16 @@ fn protocol(reason: impl Into<String>, sent: bool) -> ClientError {
     }
 }
 
-/// A lost connection. After the request left it is indeterminate, except when the broker
-/// closed with `CONNECTION_ERROR_SHUTDOWN`: it answers or refuses everything in flight
-/// before that close, so an unanswered request was refused.
+/// A lost connection: definite if the request never left, indeterminate after (even a
+/// `CONNECTION_ERROR_SHUTDOWN` close may cut off the answer to a request that was acted
+/// on, PROTOCOL.md "Shutdown").
 fn connection_lost(e: &ConnectionError, sent: bool) -> ClientError {
-    let shutdown = matches!(
-        e,
-        ConnectionError::ApplicationClosed(close)
-            if close.error_code == VarInt::from_u32(CONNECTION_ERROR_SHUTDOWN)
-    );
+    // A shutdown close (code 6) after the grace period cuts off answers the broker may
+    // already have acted on, so a request that left is indeterminate even then; only
+    // one that never left is definite.
     ClientError::ConnectionLost {
         reason: e.to_string(),
-        outcome: if shutdown {
-            WriteOutcome::Definite
-        } else {
-            outcome(sent)
-        },
+        outcome: outcome(sent),
     }
 }
 

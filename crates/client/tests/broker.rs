@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Broker;
+use common::{Broker, BrokerClients};
 use sluice_client::wire::{Acks, ErrorCode, ErrorDetail, TopicConfig, WriteOutcome};
 use sluice_client::{
     AutoReset, Client, ClientError, ClientOptions, Consumer, ConsumerConfig, ConsumerError,
@@ -100,7 +100,7 @@ async fn create(client: &Client, topic: &str, partitions: u32) {
 async fn hundred_thousand_records_over_eight_partitions_read_back_exactly() {
     const RECORDS: u64 = 100_000;
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("data"));
+    let broker = Broker::start(dir.path().join("data"));
     let client = broker.client().await;
     create(&client, "bulk", 8).await;
 
@@ -216,7 +216,7 @@ fn check_acked_present(records: &[ConsumerRecord], acked: &[(u64, RecordMetadata
 async fn everything_acked_survives_a_clean_restart_and_a_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let broker = Broker::start(&data);
+    let mut broker = Broker::start(&data);
     let client = broker.client().await;
     create(&client, "durable", 4).await;
     let mut acked = produce_acked(&client, "durable", 0..5_000).await;
@@ -225,7 +225,7 @@ async fn everything_acked_survives_a_clean_restart_and_a_sigkill() {
     // Clean stop: SIGTERM drains, fsyncs and exits 0; everything is there after it.
     let status = broker.terminate();
     assert_eq!(status.code(), Some(0), "SIGTERM exit status");
-    let broker = Broker::start(&data);
+    broker.restart();
     let client = broker.client().await;
     let records = read_all(&client, "durable", 4, acked.len()).await;
     by_partition(&records);
@@ -314,7 +314,7 @@ async fn everything_acked_survives_a_clean_restart_and_a_sigkill() {
     );
     acked.extend(after_kill);
 
-    let broker = Broker::start(&data);
+    broker.restart();
     let client = broker.client().await;
     let description = client.describe_topic("durable").await.unwrap();
     let total: u64 = description
@@ -346,7 +346,7 @@ async fn everything_acked_survives_a_clean_restart_and_a_sigkill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_wakes_when_data_arrives() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("data"));
+    let broker = Broker::start(dir.path().join("data"));
     let client = broker.client().await;
     create(&client, "poll", 1).await;
 
@@ -413,7 +413,7 @@ async fn a_long_poll_wakes_when_data_arrives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offset_out_of_range_carries_the_range_and_auto_reset_moves() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("data"));
+    let broker = Broker::start(dir.path().join("data"));
     let client = broker.client().await;
     create(&client, "range", 1).await;
     // Ten records in one batch, timestamps 1000..1010.
@@ -533,7 +533,7 @@ async fn offset_out_of_range_carries_the_range_and_auto_reset_moves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_lifecycle_create_describe_list_delete() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("data"));
+    let broker = Broker::start(dir.path().join("data"));
     let client = broker.client().await;
 
     create(&client, "life", 3).await;
@@ -660,7 +660,7 @@ async fn topic_lifecycle_create_describe_list_delete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_waits_for_buffer_space_and_flush_sends_lingering_batches() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("data"));
+    let broker = Broker::start(dir.path().join("data"));
     let client = broker.client().await;
     create(&client, "pressure", 1).await;
     // A 400-byte value reserves at most 400 + 61 bytes: 8 fit in 4 KiB, the 9th waits.

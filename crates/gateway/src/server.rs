@@ -221,8 +221,11 @@ impl Gateway {
     /// 3. if the grace runs out, the handlers still running are dropped and their requests
     ///    answered `Interrupted` (writes: they may have been appended) or `ShuttingDown`
     ///    (reads); those answers get [`SHUTDOWN_ACK_WAIT`] to be acknowledged;
-    /// 4. every connection is closed with `CONNECTION_ERROR_SHUTDOWN`, which tells clients
-    ///    that whatever they have not had an answer to was refused.
+    /// 4. every connection still open is closed with `CONNECTION_ERROR_SHUTDOWN` (never
+    ///    dropped silently). What a client had no answer to by then was refused, except
+    ///    the answers counted in [`ShutdownReport::unacknowledged`]: those requests were
+    ///    dispatched and their answers are cut off by the close (a write among them may
+    ///    have been appended).
     pub async fn shutdown(mut self, grace: Duration) -> ShutdownReport {
         tracing::info!(grace_ms = grace.as_millis() as u64, "gateway draining");
         self.shared.phase.send_replace(Phase::Draining);

@@ -163,3 +163,103 @@ async fn shutdown_refuses_requests_still_arriving() {
         "{closed:?}"
     );
 }
+
+/// Whether `e` is the broker's shutdown close (`CONNECTION_CLOSE` with
+/// `CONNECTION_ERROR_SHUTDOWN`).
+fn is_shutdown_close(e: &quinn::ConnectionError) -> bool {
+    matches!(e, quinn::ConnectionError::ApplicationClosed(c)
+        if c.error_code.into_inner() == u64::from(CONNECTION_ERROR_SHUTDOWN))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_grace_every_connection_is_closed_with_the_shutdown_code() {
+    const GRACE: Duration = Duration::from_millis(200);
+    let h = Harness::start();
+    // A fetch answer far larger than the client's stream window (quinn's default is
+    // 1.25 MB), so a client that does not read it leaves it unacknowledged.
+    let big = batch_of(8 << 20);
+    let sdk = h.client().await;
+    sdk.produce("big", 0, &big, Acks::All, 5_000).await.unwrap();
+
+    // Connection 1: a request its handler never finishes (still running at the grace).
+    let stuck = h.raw().await;
+    let (mut stuck_send, mut stuck_recv) = stuck.open_bi().await.unwrap();
+    let produce = Request::Produce {
+        topic: STUCK_TOPIC.into(),
+        partition: 0,
+        acks: Acks::All,
+        timeout_ms: 60_000,
+    };
+    stuck_send
+        .write_all(&frame(1, &produce, &batch_of(100)))
+        .await
+        .unwrap();
+    stuck_send.finish().unwrap();
+    // Connection 2: a request answered, but its answer never read, so never acknowledged.
+    let unread = h.raw().await;
+    let (mut unread_send, mut unread_recv) = unread.open_bi().await.unwrap();
+    let fetch = Request::Fetch {
+        topic: "big".into(),
+        partition: 0,
+        offset: 0,
+        max_bytes: 16 << 20,
+        max_wait_ms: 0,
+    };
+    unread_send.write_all(&frame(2, &fetch, &[])).await.unwrap();
+    unread_send.finish().unwrap();
+    // Connection 3: idle.
+    let idle = h.raw().await;
+    // Both requests reached the service (the produce is being handled, the fetch answered).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.broker.handling.load(std::sync::atomic::Ordering::SeqCst) < 1
+        || h.broker.handled.load(std::sync::atomic::Ordering::SeqCst) < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the requests never reached the service"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let started = Instant::now();
+    let report = h.gateway.shutdown(GRACE).await;
+    let took = started.elapsed();
+    assert!(!report.drained_within_grace, "{report:?}");
+    // The interrupted produce's answer was acknowledged; the unread fetch answer was not.
+    assert_eq!(report.unacknowledged, 1, "{report:?}");
+    // The grace, then the wait for acknowledgements, then the close.
+    assert!(
+        took >= GRACE + sluice_gateway::SHUTDOWN_ACK_WAIT
+            && took < GRACE + sluice_gateway::SHUTDOWN_ACK_WAIT + Duration::from_secs(3),
+        "{took:?}"
+    );
+
+    // The stuck request was answered `Interrupted` (a write: indeterminate) before the
+    // close; every connection then closed with CONNECTION_ERROR_SHUTDOWN, none silently.
+    match read_answer(&mut stuck_recv).await {
+        RawAnswer::Response(header, Response::Produce(Err(e))) => {
+            assert_eq!(header.request_id, 1);
+            assert_eq!(e.code, ErrorCode::Interrupted, "{e:?}");
+        }
+        other => panic!("expected Interrupted, got {other:?}"),
+    }
+    for (name, conn) in [("stuck", &stuck), ("unread", &unread), ("idle", &idle)] {
+        let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+            .await
+            .unwrap_or_else(|_| panic!("{name}: the connection was not closed"));
+        assert!(is_shutdown_close(&closed), "{name}: {closed:?}");
+    }
+    // The answer still in flight when the connection closed is cut off by that close.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 << 10];
+    let cut = loop {
+        match unread_recv.read(&mut buf).await {
+            Ok(Some(n)) => got += n,
+            Ok(None) => panic!("the whole answer arrived ({got} bytes)"),
+            Err(quinn::ReadError::ConnectionLost(e)) => break e,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(is_shutdown_close(&cut), "{cut:?}");
+    assert!(got < big.len(), "{got}");
+}

@@ -638,6 +638,9 @@ async fn list_offsets_and_stats_describe_the_log() {
         stats.core_total().fetch_requests,
         before.core_total().fetch_requests + 1
     );
+    // One topic's stats are the same numbers, asked of its shards only.
+    assert_eq!(h.topic_stats("ts").await.unwrap(), vec![p.clone()]);
+    assert_eq!(h.topic_stats("missing").await.unwrap(), vec![]);
     h.shutdown().await.unwrap();
 }
 

@@ -86,6 +86,9 @@ pub struct LimitsFile {
     pub in_flight_per_connection: Option<u32>,
     pub connections: Option<u32>,
     pub queue_depth: Option<usize>,
+    /// A request frame must arrive whole (its stream finished) this soon after the
+    /// stream opens, else the stream is reset with `STREAM_ERROR_TIMEOUT`. Default 10 s.
+    pub stream_read_timeout_ms: Option<u64>,
 }
 
 /// Everything resolved: file, then flags, then defaults.
@@ -136,6 +139,11 @@ impl Settings {
         if file.tls.cert.is_some() != file.tls.key.is_some() {
             return Err(ConfigError::Invalid(
                 "[tls] needs both cert and key (or neither, for dev mode)".into(),
+            ));
+        }
+        if file.limits.stream_read_timeout_ms == Some(0) {
+            return Err(ConfigError::Invalid(
+                "[limits] stream_read_timeout_ms must be positive".into(),
             ));
         }
         if let Some(mode) = &file.storage.data_file_mode {
@@ -221,5 +229,13 @@ mod tests {
             Settings::resolve(&flags(&["--config", p])),
             Err(ConfigError::Invalid(_))
         ));
+        std::fs::write(&path, "[limits]\nstream_read_timeout_ms = 0\n").unwrap();
+        assert!(matches!(
+            Settings::resolve(&flags(&["--config", p])),
+            Err(ConfigError::Invalid(_))
+        ));
+        std::fs::write(&path, "[limits]\nstream_read_timeout_ms = 500\n").unwrap();
+        let s = Settings::resolve(&flags(&["--config", p])).unwrap();
+        assert_eq!(s.limits.stream_read_timeout_ms, Some(500));
     }
 }

@@ -155,6 +155,9 @@ async fn serve(settings: Settings, engine: sluice_node::EngineHandle) -> i32 {
     if let Some(n) = settings.limits.connections {
         gconfig.connections_max = n;
     }
+    if let Some(ms) = settings.limits.stream_read_timeout_ms {
+        gconfig.stream_read_timeout = Duration::from_millis(ms);
+    }
     let service = Arc::new(BrokerService::new(
         engine.clone(),
         NodeIdentity {

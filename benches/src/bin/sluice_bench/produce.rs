@@ -1,0 +1,406 @@
+//! The producers: one task per producer sends, a second one per producer waits for the
+//! delivery futures and measures.
+//!
+//! The sender, per record: decide when it is due (open loop: its scheduled time; closed
+//! loop: now), take a slot of the `--in-flight` window (a semaphore), `Producer::send`
+//! it and pass the delivery future with its send time to the collector. The collector
+//! polls every outstanding delivery future at once (a `FuturesUnordered`, no task per
+//! record), takes the time when each resolves, records the latency and gives the
+//! window slot back. Neither waits on a single record, so nothing serialises the
+//! records of a producer but the window itself.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use sluice_bench::load::payload::{self, Header, RecordId};
+use sluice_bench::load::schedule::{partition_for, Schedule};
+use sluice_bench::load::stats::{ErrorCounts, Latency};
+use sluice_bench::load::verify::Sent;
+use sluice_client::{
+    Client, ClientError, DeliveryError, DeliveryFuture, Producer, ProducerConfig, ProducerRecord,
+    RecordMetadata,
+};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use crate::cli::{Bound, Plan};
+use crate::Run;
+
+/// How long the producers wait, after the last send, for outstanding deliveries.
+pub const DRAIN: Duration = Duration::from_secs(30);
+
+/// Why a producer stopped sending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// Its share of `--count` was sent.
+    Count,
+    /// `--duration` is over.
+    Duration,
+    /// `--max-secs` came first.
+    MaxSecs,
+    /// `--verify` cannot track more records.
+    VerifyCap,
+    /// Another producer failed, or the run was stopped.
+    Stopped,
+    /// `send` failed; every later one would too.
+    Failed(String),
+}
+
+/// What one producer measured.
+#[derive(Debug)]
+pub struct ProducerResult {
+    pub latency: Latency,
+    pub errors: ErrorCounts,
+    /// Measured records acknowledged, and their value bytes.
+    pub msgs: u64,
+    pub bytes: u64,
+    /// Records sent during the warm-up.
+    pub warmup_msgs: u64,
+    /// When the last measured acknowledgement came (ns since the epoch).
+    pub last_ack_ns: u64,
+    /// Per partition, the highest offset acknowledged.
+    pub max_offset: Vec<Option<u64>>,
+    /// With `--verify`: what became of each record, indexed by sequence number.
+    pub outcomes: Vec<Sent>,
+    pub stop: Stop,
+}
+
+/// The `ProducerConfig` the flags ask for.
+pub fn config(plan: &Plan) -> ProducerConfig {
+    ProducerConfig {
+        batch_bytes_max: usize::try_from(plan.opts.batch_bytes).unwrap_or(usize::MAX),
+        linger_ms: plan.opts.linger_ms,
+        acks: plan.opts.acks.into(),
+        in_flight_max: usize::try_from(plan.opts.requests_in_flight).unwrap_or(usize::MAX),
+        ..ProducerConfig::default()
+    }
+}
+
+/// A delivery error as an error kind: the SDK error's kind and whether the record may
+/// have been written.
+pub fn delivery_kind(e: &DeliveryError) -> String {
+    let outcome = if e.is_definite() {
+        "definite"
+    } else {
+        "indeterminate"
+    };
+    format!("{} ({outcome})", client_kind(e.error()))
+}
+
+/// A client error's kind: the broker's error code, or what went wrong locally.
+pub fn client_kind(e: &ClientError) -> String {
+    match e {
+        ClientError::Broker(b) => b.code.name().to_owned(),
+        ClientError::Config(_) => "config".to_owned(),
+        ClientError::Connect { .. } => "connect".to_owned(),
+        ClientError::InvalidRequest(_) => "invalid request".to_owned(),
+        ClientError::ConnectionLost { .. } => "connection lost".to_owned(),
+        ClientError::Timeout { .. } => "timeout".to_owned(),
+        ClientError::Refused { .. } => "refused".to_owned(),
+        ClientError::Protocol { .. } => "protocol".to_owned(),
+        _ => "other".to_owned(),
+    }
+}
+
+/// What the sender hands the collector, in sequence order.
+enum Handed {
+    Sent(InFlight),
+    /// `send` refused the record (nothing was sent).
+    Refused {
+        seq: u64,
+    },
+}
+
+struct InFlight {
+    seq: u64,
+    send_ns: u64,
+    measured: bool,
+    delivery: DeliveryFuture,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Producer `id`: sends its share, then waits (at most [`DRAIN`]) for the rest of its
+/// deliveries and closes. `count` is its share of a `--count`.
+pub async fn run_producer(
+    run: Arc<Run>,
+    id: u32,
+    client: Client,
+    producer: Producer,
+    count: Option<u64>,
+) -> ProducerResult {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let collector = tokio::spawn(collect(run.clone(), rx));
+    let mut errors = ErrorCounts::default();
+    let (stop, warmup_msgs) = send_loop(&run, id, &producer, count, &tx, &mut errors).await;
+    drop(tx);
+    // Close at once: what lingers goes out now, and the collector sees it resolve.
+    let (_, collected) = tokio::join!(tokio::time::timeout(DRAIN, producer.close()), collector);
+    client.close().await;
+    let mut result = match collected {
+        Ok(c) => c,
+        Err(e) => {
+            // The collector cannot panic on input; a join error means the runtime is
+            // going down. Report what is known.
+            errors.add(format!("collector: {e}"));
+            ProducerResult {
+                latency: Latency::new(),
+                errors: ErrorCounts::default(),
+                msgs: 0,
+                bytes: 0,
+                warmup_msgs: 0,
+                last_ack_ns: 0,
+                max_offset: Vec::new(),
+                outcomes: Vec::new(),
+                stop: Stop::Stopped,
+            }
+        }
+    };
+    result.errors.merge(&errors);
+    result.warmup_msgs = warmup_msgs;
+    result.stop = stop;
+    result
+}
+
+/// Sends until the bound; returns why it stopped and how many warm-up records it sent.
+async fn send_loop(
+    run: &Run,
+    id: u32,
+    producer: &Producer,
+    count: Option<u64>,
+    tx: &mpsc::UnboundedSender<Handed>,
+    errors: &mut ErrorCounts,
+) -> (Stop, u64) {
+    let plan = &run.plan;
+    let schedule = plan
+        .opts
+        .rate
+        .and_then(|r| Schedule::new(r, plan.opts.producers, id).ok());
+    let window = Arc::new(Semaphore::new(
+        usize::try_from(plan.opts.in_flight).unwrap_or(Semaphore::MAX_PERMITS),
+    ));
+    let filler = payload::filler(plan.size - payload::HEADER_BYTES);
+    let verify_cap = plan
+        .opts
+        .verify
+        .then(|| crate::cli::VERIFY_RECORDS_MAX / u64::from(plan.opts.producers));
+    let deadline = run.instant(run.send_end_ns);
+    let mut seq = 0u64;
+    let mut measured_sent = 0u64;
+    let mut warmup_sent = 0u64;
+    loop {
+        if run.stop.load(Ordering::Relaxed) {
+            return (Stop::Stopped, warmup_sent);
+        }
+        if verify_cap.is_some_and(|cap| seq >= cap) {
+            return (Stop::VerifyCap, warmup_sent);
+        }
+        let due_ns = schedule.map(|s| s.due_ns(seq));
+        if let Some(due) = due_ns {
+            if due >= run.send_end_ns {
+                return (run.end_stop(), warmup_sent);
+            }
+            if count.is_some_and(|c| measured_sent >= c) && due >= run.warmup_ns {
+                return (Stop::Count, warmup_sent);
+            }
+            if due > run.now_ns() {
+                tokio::time::sleep_until(run.instant(due)).await;
+            }
+        }
+        // A full window (or a full SDK buffer) waits here; past the end of the run the
+        // wait is cut short.
+        let permit = match tokio::time::timeout_at(deadline, window.clone().acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return (Stop::Stopped, warmup_sent),
+            Err(_) => return (run.end_stop(), warmup_sent),
+        };
+        let send_ns = match due_ns {
+            Some(due) => due,
+            None => {
+                let now = run.now_ns();
+                if now >= run.send_end_ns {
+                    return (run.end_stop(), warmup_sent);
+                }
+                if count.is_some_and(|c| measured_sent >= c) && now >= run.warmup_ns {
+                    return (Stop::Count, warmup_sent);
+                }
+                now
+            }
+        };
+        let measured = send_ns >= run.warmup_ns;
+        let header = Header {
+            run_id: run.run_id,
+            id: RecordId { producer: id, seq },
+            send_ns,
+        };
+        let partition = partition_for(id, seq, run.partitions);
+        let value = payload::encode(&header, plan.size, &filler);
+        let record = ProducerRecord::new(plan.opts.topic.as_str(), value).partition(partition);
+        let sent = tokio::time::timeout_at(deadline, producer.send(record)).await;
+        match sent {
+            Ok(Ok(delivery)) => {
+                let _ = tx.send(Handed::Sent(InFlight {
+                    seq,
+                    send_ns,
+                    measured,
+                    delivery,
+                    permit,
+                }));
+            }
+            Ok(Err(e)) => {
+                errors.add(format!("send: {}", client_kind(&e)));
+                let _ = tx.send(Handed::Refused { seq });
+                run.stop.store(true, Ordering::Relaxed);
+                return (Stop::Failed(e.to_string()), warmup_sent);
+            }
+            // Waited for SDK buffer space past the end: the record was not taken.
+            Err(_) => return (run.end_stop(), warmup_sent),
+        }
+        seq += 1;
+        if measured {
+            measured_sent += 1;
+        } else {
+            warmup_sent += 1;
+        }
+    }
+}
+
+/// Waits for every delivery the sender hands over, until the sender is done and every
+/// delivery has resolved, or [`DRAIN`] after the sender is done.
+async fn collect(run: Arc<Run>, mut rx: mpsc::UnboundedReceiver<Handed>) -> ProducerResult {
+    let verify = run.plan.opts.verify;
+    let size = run.plan.size as u64;
+    let epoch = run.epoch;
+    let mut r = ProducerResult {
+        latency: Latency::new(),
+        errors: ErrorCounts::default(),
+        msgs: 0,
+        bytes: 0,
+        warmup_msgs: 0,
+        last_ack_ns: 0,
+        max_offset: vec![None; run.partitions as usize],
+        outcomes: Vec::new(),
+        stop: Stop::Stopped,
+    };
+    let mut pending = FuturesUnordered::new();
+    let mut open = true;
+    let mut drain_until = None;
+    loop {
+        tokio::select! {
+            biased;
+            Some(done) = pending.next(), if !pending.is_empty() => {
+                let Resolved { seq, send_ns, measured, result, at_ns } = done;
+                let outcome = match result {
+                    Ok(meta) => {
+                        if measured {
+                            r.latency.record_ns(at_ns.saturating_sub(send_ns));
+                            r.msgs += 1;
+                            r.bytes += size;
+                            r.last_ack_ns = r.last_ack_ns.max(at_ns);
+                            if run.producers_count_progress {
+                                run.progress.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        if let Some(m) = r.max_offset.get_mut(meta.partition as usize) {
+                            *m = Some(m.map_or(meta.offset, |o: u64| o.max(meta.offset)));
+                        }
+                        Sent::Acked { partition: meta.partition, offset: meta.offset }
+                    }
+                    Err(e) => {
+                        r.errors.add(delivery_kind(&e));
+                        if e.is_definite() {
+                            Sent::FailedDefinite
+                        } else {
+                            Sent::FailedIndeterminate
+                        }
+                    }
+                };
+                if verify {
+                    if let Some(slot) = usize::try_from(seq).ok().and_then(|i| r.outcomes.get_mut(i)) {
+                        *slot = outcome;
+                    }
+                }
+            }
+            handed = rx.recv(), if open => match handed {
+                Some(Handed::Sent(f)) => {
+                    if verify {
+                        // Records come in sequence order: the index is the seq.
+                        assert_eq!(f.seq, r.outcomes.len() as u64, "bench: records out of order");
+                        r.outcomes.push(Sent::Unresolved);
+                    }
+                    pending.push(resolve(f, epoch));
+                }
+                Some(Handed::Refused { seq }) => {
+                    if verify {
+                        assert_eq!(seq, r.outcomes.len() as u64, "bench: records out of order");
+                        r.outcomes.push(Sent::FailedDefinite);
+                    }
+                }
+                None => {
+                    open = false;
+                    drain_until = Some(tokio::time::Instant::now() + DRAIN);
+                }
+            },
+            () = sleep_until(drain_until), if !open && !pending.is_empty() => {
+                // Gave up on the rest: their outcomes stay `Unresolved`.
+                r.errors.add_n("unresolved at exit", pending.len() as u64);
+                break;
+            }
+            else => break,
+        }
+    }
+    r
+}
+
+/// A delivery future's outcome, with the time it came.
+struct Resolved {
+    seq: u64,
+    send_ns: u64,
+    measured: bool,
+    result: Result<RecordMetadata, DeliveryError>,
+    at_ns: u64,
+}
+
+/// Waits for one delivery and takes the time; gives its window slot back.
+async fn resolve(f: InFlight, epoch: std::time::Instant) -> Resolved {
+    let InFlight {
+        seq,
+        send_ns,
+        measured,
+        delivery,
+        permit,
+    } = f;
+    let result = delivery.await;
+    let at_ns = ns_since(epoch);
+    drop(permit);
+    Resolved {
+        seq,
+        send_ns,
+        measured,
+        result,
+        at_ns,
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn ns_since(epoch: std::time::Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Splits the run's bound into each producer's count (`None`: time-bounded).
+pub fn share(plan: &Plan, id: u32) -> Option<u64> {
+    match plan.bound {
+        Bound::Count(n) => Some(sluice_bench::load::schedule::split_count(
+            n,
+            plan.opts.producers,
+            id,
+        )),
+        Bound::Duration(_) | Bound::All => None,
+    }
+}
