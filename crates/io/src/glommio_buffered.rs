@@ -5,8 +5,11 @@
 //! allocation, unwritten-extent conversion and an i_size update in the journal on
 //! every write, and measured about 0.65x of buffered writes for 1 MiB appends each
 //! followed by an fdatasync (see `README.md`); buffered reads of a hot log also come
-//! from the page cache instead of the device. Both modes submit through io_uring and
-//! never block the shard; [`crate::glommio_fs::DataFileMode`] picks one.
+//! from the page cache instead of the device. Reads, fdatasync and truncation go
+//! through io_uring; appends are a plain `pwrite(2)` on the shard thread (a copy into
+//! the page cache, cheaper than an io_uring write the kernel punts to an io-wq worker;
+//! it can block only under dirty-page throttling, like any buffered writer's `write`).
+//! [`crate::glommio_fs::DataFileMode`] picks the mode.
 
 use std::fmt;
 use std::io;
@@ -33,6 +36,39 @@ impl fmt::Debug for BufferedLogFile {
 
 impl BufferedLogFile {
     /// Opens or creates `path`; an existing file's length is its size on disk.
+    /// Appends with `pwrite(2)` on the shard thread: a copy into the page cache, with
+    /// no io_uring round trip through an io-wq worker thread and no owned buffer.
+    fn append_pwrite(&mut self, data: &[u8]) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let fd = self.file.as_raw_fd();
+        let mut done = 0usize;
+        while let Some(rest) = data.get(done..).filter(|r| !r.is_empty()) {
+            let at = libc::off_t::try_from(self.len)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file too large"))?;
+            // SAFETY: `fd` stays open while `self.file` lives (for this call), and `rest`
+            // is a valid, initialised buffer of `rest.len()` bytes that pwrite only reads.
+            let n = unsafe { libc::pwrite(fd, rest.as_ptr().cast(), rest.len(), at) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "write wrote nothing",
+                ));
+            }
+            // What landed is visible, as after a short write; the log truncates back
+            // if the whole append does not succeed.
+            self.len += n as u64;
+            done += n as usize;
+        }
+        Ok(())
+    }
+
     pub(crate) async fn open(path: &Path, mode: OpenMode) -> io::Result<Self> {
         let mut opts = OpenOptions::new();
         opts.read(true).write(true);
@@ -70,25 +106,10 @@ impl LogFile for BufferedLogFile {
     }
 
     async fn append(&mut self, data: &[u8]) -> io::Result<()> {
-        let mut done = 0usize;
-        while done < data.len() {
-            let rest = data.get(done..).unwrap_or_default().to_vec();
-            let written = match self.file.write_at(rest, self.len).await {
-                Ok(n) => n,
-                Err(e) => return Err(e.into()),
-            };
-            if written == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "write wrote nothing",
-                ));
-            }
-            // What landed is visible, as after a short write; the log truncates back
-            // if the whole append does not succeed.
-            self.len += written as u64;
-            done += written;
-        }
-        Ok(())
+        // A buffered write is a copy into the page cache: done inline it costs less than
+        // an io_uring submission that the kernel hands to an io-wq worker thread (measured
+        // with sluice-bench: ~10% more produce throughput, benches/README.md).
+        self.append_pwrite(data)
     }
 
     async fn sync(&mut self) -> io::Result<()> {

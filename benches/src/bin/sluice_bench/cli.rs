@@ -77,6 +77,18 @@ pub enum AcksArg {
     None,
 }
 
+/// How a producer spreads its records over the partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PartitionerArg {
+    /// Keyless records, partition chosen by the SDK: sticky to one partition until its
+    /// batch is handed out (what `kafka-producer-perf-test` does with null keys).
+    Sticky,
+    /// Each record names its partition, rotating per record (the worst case for
+    /// batching: every partition gets a share of every producer's window).
+    RoundRobin,
+}
+
 impl AcksArg {
     pub fn name(self) -> &'static str {
         match self {
@@ -156,6 +168,9 @@ pub struct Opts {
     /// Durability the broker acknowledges at.
     #[arg(long, global = true, value_enum, default_value_t = AcksArg::All)]
     pub acks: AcksArg,
+    /// How producers choose partitions.
+    #[arg(long, global = true, value_enum, default_value_t = PartitionerArg::Sticky)]
+    pub partitioner: PartitionerArg,
     /// Open loop: total messages per second over all producers, each record's latency
     /// counted from its scheduled send time. Without it: closed loop, max speed.
     #[arg(long, global = true, value_name = "MSGS_PER_SEC",

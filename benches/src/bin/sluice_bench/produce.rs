@@ -24,7 +24,7 @@ use sluice_client::{
 };
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::cli::{Bound, Plan};
+use crate::cli::{Bound, PartitionerArg, Plan};
 use crate::Run;
 
 /// How long the producers wait, after the last send, for outstanding deliveries.
@@ -233,9 +233,12 @@ async fn send_loop(
             id: RecordId { producer: id, seq },
             send_ns,
         };
-        let partition = partition_for(id, seq, run.partitions);
         let value = payload::encode(&header, plan.size, &filler);
-        let record = ProducerRecord::new(plan.opts.topic.as_str(), value).partition(partition);
+        let record = ProducerRecord::new(plan.opts.topic.as_str(), value);
+        let record = match plan.opts.partitioner {
+            PartitionerArg::Sticky => record,
+            PartitionerArg::RoundRobin => record.partition(partition_for(id, seq, run.partitions)),
+        };
         let sent = tokio::time::timeout_at(deadline, producer.send(record)).await;
         match sent {
             Ok(Ok(delivery)) => {
