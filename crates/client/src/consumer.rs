@@ -589,6 +589,11 @@ impl Consumer {
             if state.in_flight || state.paused.is_some() {
                 continue;
             }
+            // Nothing to start while the partition's buffer is full (checked before any
+            // clone: this runs once per record handed out).
+            if state.position.is_some() && state.buffered_bytes >= fetch_max_bytes {
+                continue;
+            }
             let delay = if state.failures == 0 {
                 Duration::ZERO
             } else {
@@ -651,6 +656,17 @@ impl Consumer {
     }
 
     fn pop_record(&mut self) -> Option<ConsumerRecord> {
+        // Hand out a partition's fetched records in a run before moving on to the next
+        // partition with records (turns are per fetch, as in Kafka's consumer), so the
+        // common case touches one partition and clones nothing.
+        if let Some(state) = self
+            .cursor
+            .as_ref()
+            .and_then(|c| self.partitions.get_mut(c))
+            .filter(|s| !s.records.is_empty())
+        {
+            return Self::take_front(state);
+        }
         let key = {
             let after = self.cursor.as_ref();
             let has = |s: &PartitionState| !s.records.is_empty();
@@ -666,6 +682,12 @@ impl Consumer {
                 .map(|(k, _)| k.clone())?
         };
         let state = self.partitions.get_mut(&key)?;
+        let record = Self::take_front(state);
+        self.cursor = Some(key);
+        record
+    }
+
+    fn take_front(state: &mut PartitionState) -> Option<ConsumerRecord> {
         let record = state.records.pop_front()?;
         state.buffered_bytes = state.buffered_bytes.saturating_sub(record.bytes());
         // Pair assertion with `answered`: records leave in offset order, from the
@@ -677,7 +699,6 @@ impl Consumer {
             state.position
         );
         state.position = Some(record.offset + 1);
-        self.cursor = Some(key);
         Some(record)
     }
 
