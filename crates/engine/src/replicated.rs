@@ -89,6 +89,15 @@ impl<S: Storage> ReplicatedPartition<S> {
             failed: None,
         };
         p.run(now_ms).await?;
+        // `retain_from` writes the replica's new log start before it cuts the log: a
+        // crash between the two leaves offsets below the replica's start in the log.
+        // Finish the cut, so nothing the replica no longer vouches for is served.
+        let start = p.replica.status().log_start_offset;
+        if start > p.log.log_start_offset() {
+            if let Err(e) = p.log.truncate_prefix(start).await {
+                return Err(p.fail(EngineError::from_log(e)));
+            }
+        }
         Ok((p, report))
     }
 

@@ -20,11 +20,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io;
 
 use sluice_proto::{BatchError, BatchView};
-use sluice_replica::{Acks, ProposeError, ReplicaConfig, ReplyError};
+use sluice_replica::{Acks, Message, ProposeError, ReplicaConfig, ReplyError};
 use sluice_storage::{Batches, LogConfig, LogError, RecoveryReport, Storage};
 use thiserror::Error;
 
-use crate::replicated::ReplicatedPartition;
+use crate::replicated::{ReplicatedPartition, StepError};
 use crate::waiters::{PendingFetch, Ready, Token, WaitLimits, Waiters};
 
 /// A partition of a topic.
@@ -265,28 +265,51 @@ impl<P: StorageProvider> Shard<P> {
         self.replies.push_back((token, reply));
     }
 
-    /// Opens (recovering) or creates the partition `tp`, and makes this node its
-    /// leader: a single-voter Raft group elects itself and commits its first entry.
+    /// Opens (recovering) or creates the partition `tp` as a single-voter Raft group
+    /// (a single-node broker): it elects itself and commits its first entry here.
     pub async fn open_partition(
         &mut self,
         tp: TopicPartition,
         config: LogConfig,
         now_ms: i64,
     ) -> Result<RecoveryReport, EngineError> {
+        let node = self.config.node_id;
+        self.open_replicated(tp, config, vec![node], now_ms).await
+    }
+
+    /// Opens (recovering) or creates the partition `tp` as a replica in the Raft group
+    /// of `voters` (node ids, this node's among them; used when the partition has no
+    /// `raft.state` yet). A group of one elects itself at once; a larger one elects a
+    /// leader through [`Shard::tick`], [`Shard::step`] and [`Shard::take_messages`].
+    pub async fn open_replicated(
+        &mut self,
+        tp: TopicPartition,
+        config: LogConfig,
+        voters: Vec<u64>,
+        now_ms: i64,
+    ) -> Result<RecoveryReport, EngineError> {
         if self.partitions.contains_key(&tp) {
             return Err(EngineError::PartitionExists(tp));
+        }
+        let node = self.config.node_id;
+        if !voters.contains(&node) {
+            return Err(EngineError::InvalidConfig(
+                "this node is not among the voters",
+            ));
         }
         let storage = self
             .provider
             .open(&tp)
             .map_err(|e| EngineError::StorageFailed(format!("{tp}: {e}")))?;
-        let node = self.config.node_id;
-        let mut replica = ReplicaConfig::new(node, vec![node]);
+        let single = voters.len() == 1;
+        let mut replica = ReplicaConfig::new(node, voters);
         replica.limits = config.limits;
-        replica.seed = node ^ u64::from(tp.partition).rotate_left(32);
+        replica.seed = node ^ u64::from(tp.partition).rotate_left(32) ^ fnv(&tp.topic);
         let (mut rp, report) = ReplicatedPartition::open(storage, config, replica, now_ms).await?;
-        rp.campaign(now_ms).await?;
-        rp.sync(now_ms).await?;
+        if single {
+            rp.campaign(now_ms).await?;
+            rp.sync(now_ms).await?;
+        }
         let waiters = Waiters::new(rp.replica().high_watermark(), self.config.wait_limits);
         self.partitions.insert(
             tp,
@@ -297,6 +320,40 @@ impl<P: StorageProvider> Shard<P> {
             },
         );
         Ok(report)
+    }
+
+    /// Steps a Raft message from a peer into partition `tp`'s replica. A message for a
+    /// partition this shard does not hold, or one the replica refuses, is dropped
+    /// (Raft tolerates lost messages) and reported.
+    pub async fn step(
+        &mut self,
+        tp: &TopicPartition,
+        msg: Message,
+        now_ms: i64,
+    ) -> Result<(), EngineError> {
+        let p = self
+            .partitions
+            .get_mut(tp)
+            .ok_or_else(|| EngineError::UnknownPartition(tp.clone()))?;
+        let r = p.rp.step(msg, now_ms).await;
+        self.collect(tp).await;
+        match r {
+            Ok(()) => Ok(()),
+            Err(StepError::Engine(e)) => Err(e),
+            Err(StepError::Replica(e)) => Err(EngineError::Corruption(e.to_string())),
+        }
+    }
+
+    /// Every Raft message the shard's replicas want sent, batched per destination
+    /// node, each with its partition: one send per peer per cycle carries them all.
+    pub fn take_messages(&mut self) -> BTreeMap<u64, Vec<(TopicPartition, Message)>> {
+        let mut out: BTreeMap<u64, Vec<(TopicPartition, Message)>> = BTreeMap::new();
+        for (tp, p) in self.partitions.iter_mut() {
+            for m in p.rp.take_messages() {
+                out.entry(m.to).or_default().push((tp.clone(), m));
+            }
+        }
+        out
     }
 
     /// Closes every partition cleanly (for a graceful shutdown): waiting producers
@@ -475,6 +532,10 @@ impl<P: StorageProvider> Shard<P> {
             );
             return;
         };
+        if !p.rp.replica().is_ready_leader() {
+            self.reply(token, Reply::Failed(EngineError::NotLeader(tp.clone())));
+            return;
+        }
         let hw = p.waiters.high_watermark();
         let start = p.rp.log().log_start_offset();
         if offset < start || offset > p.rp.log().next_offset() {
@@ -653,6 +714,13 @@ pub struct PartitionStats {
     pub high_watermark: u64,
     pub term: u64,
     pub is_leader: bool,
+}
+
+/// FNV-1a of a topic name (seeds each replica's election RNG differently).
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Reads committed batches from `offset` (never past the high watermark).

@@ -326,3 +326,131 @@ fn tick_applies_retention_on_its_interval() {
         [(999, Reply::Failed(EngineError::OffsetOutOfRange { .. }))]
     ));
 }
+
+/// Three shards, one per node, each holding a replica of the same partitions: the
+/// messages each shard wants sent are batched per destination and delivered.
+struct Nodes {
+    shards: BTreeMap<u64, Shard<Mem>>,
+    now: i64,
+}
+
+impl Nodes {
+    fn new(partitions: u32) -> Nodes {
+        let mut shards = BTreeMap::new();
+        for node in 1..=3u64 {
+            let config = ShardConfig {
+                node_id: node,
+                ..ShardConfig::default()
+            };
+            let mut shard = Shard::new(Mem::default(), config);
+            for p in 0..partitions {
+                block_on(shard.open_replicated(tp(p), LogConfig::default(), vec![1, 2, 3], 0))
+                    .unwrap();
+            }
+            shards.insert(node, shard);
+        }
+        Nodes { shards, now: 0 }
+    }
+
+    /// One cycle on every node: tick, group commit, then deliver what each sent.
+    fn cycle(&mut self) -> usize {
+        self.now += 100;
+        let mut sends = 0;
+        for shard in self.shards.values_mut() {
+            block_on(shard.tick(self.now));
+            block_on(shard.flush(self.now));
+        }
+        let outboxes: Vec<_> = self
+            .shards
+            .values_mut()
+            .map(|s| s.take_messages())
+            .collect();
+        for outbox in outboxes {
+            for (to, msgs) in outbox {
+                sends += 1;
+                let target = self.shards.get_mut(&to).unwrap();
+                for (tp, m) in msgs {
+                    block_on(target.step(&tp, m, self.now)).unwrap();
+                }
+            }
+        }
+        sends
+    }
+
+    fn leader_of(&self, p: u32) -> Option<u64> {
+        self.shards
+            .iter()
+            .find(|(_, s)| s.partition_stats(&tp(p)).is_some_and(|st| st.is_leader))
+            .map(|(n, _)| *n)
+    }
+}
+
+#[test]
+fn shards_on_three_nodes_replicate_with_messages_batched_per_peer() {
+    let mut nodes = Nodes::new(4);
+    for _ in 0..100 {
+        nodes.cycle();
+        if (0..4).all(|p| nodes.leader_of(p).is_some()) {
+            break;
+        }
+    }
+    for p in 0..4 {
+        let leader = nodes.leader_of(p).expect("every partition elects a leader");
+        let follower = (1..=3).find(|n| *n != leader).unwrap();
+        // Leaders take writes; a follower refuses them, definitely.
+        let s = nodes.shards.get_mut(&follower).unwrap();
+        block_on(s.produce(0, 900, &tp(p), batch(&["x"], 1), AckPolicy::All, 10_000));
+        assert!(matches!(
+            replies(s).as_slice(),
+            [(900, Reply::Failed(EngineError::NotLeader(_)))]
+        ));
+        let s = nodes.shards.get_mut(&leader).unwrap();
+        for i in 0..5u64 {
+            let v = format!("p{p}-{i}");
+            let token = u64::from(p) * 100 + i;
+            block_on(s.produce(
+                0,
+                token,
+                &tp(p),
+                batch(&[&v, &v], 1),
+                AckPolicy::All,
+                10_000,
+            ));
+        }
+    }
+    // acks=all waits for a quorum: nothing is acknowledged before the followers answer.
+    for n in 1..=3 {
+        assert!(replies(nodes.shards.get_mut(&n).unwrap()).is_empty());
+    }
+    let mut acked = BTreeMap::new();
+    for _ in 0..10 {
+        let sends = nodes.cycle();
+        // At most one send per (source, destination) pair per cycle, however many
+        // partitions had something to say.
+        assert!(sends <= 6, "{sends} sends in one cycle");
+        for (n, s) in nodes.shards.iter_mut() {
+            for (t, r) in replies(s) {
+                acked.insert((*n, t), r);
+            }
+        }
+    }
+    assert_eq!(acked.len(), 20, "every produce answered once: {acked:?}");
+    for p in 0..4u32 {
+        let hws: Vec<u64> = nodes
+            .shards
+            .values()
+            .map(|s| s.partition_stats(&tp(p)).unwrap().high_watermark)
+            .collect();
+        assert_eq!(
+            hws,
+            vec![10, 10, 10],
+            "partition {p}: every replica commits 10 records"
+        );
+    }
+    for ((_, t), r) in &acked {
+        let Reply::Produced { base_offset, .. } = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(*base_offset, (t % 100) * 2);
+    }
+}
