@@ -438,7 +438,11 @@ impl Driver {
                 .ok()
                 .flatten();
             let c = self.counters.get(&tp).copied().unwrap_or_default();
+            let raft = self.shard.partition_stats(&tp).unwrap_or_default();
             partitions.push(PartitionStats {
+                raft_term: raft.term,
+                is_leader: raft.is_leader,
+                log_end: raft.log_end,
                 tp,
                 high_watermark: hw.unwrap_or(0),
                 log_start: start.unwrap_or(0),

@@ -94,6 +94,12 @@ pub struct PartitionStats {
     pub fetch_bytes: u64,
     /// Requests on this partition answered with an error.
     pub errors: u64,
+    /// The partition's Raft term on this node.
+    pub raft_term: u64,
+    /// Whether this node leads the partition's Raft group.
+    pub is_leader: bool,
+    /// The end of the local log (appended, maybe not yet committed).
+    pub log_end: u64,
 }
 
 /// One shard.

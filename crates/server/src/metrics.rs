@@ -179,6 +179,24 @@ impl Collector for Snapshot {
             "First retained offset of a partition.",
             &part(&|p| p.log_start),
         )?;
+        gauge_family(
+            &mut enc,
+            "sluice_log_end_offset",
+            "End of a partition's local log: appended, not necessarily committed.",
+            &part(&|p| p.log_end),
+        )?;
+        gauge_family(
+            &mut enc,
+            "sluice_raft_term",
+            "Raft term of a partition's group on this node.",
+            &part(&|p| p.raft_term),
+        )?;
+        gauge_family(
+            &mut enc,
+            "sluice_raft_leader",
+            "1 when this node leads the partition's Raft group, else 0.",
+            &part(&|p| u64::from(p.is_leader)),
+        )?;
 
         let shards: Vec<_> = e.shards.iter().collect();
         histogram_family(
