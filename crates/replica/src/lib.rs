@@ -24,3 +24,6 @@ pub use replica::{
 };
 pub use state::{PersistentState, StateError};
 pub use store::LogStore;
+
+#[cfg(feature = "planted-bugs")]
+pub mod planted;

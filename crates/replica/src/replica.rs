@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{RawNode, StateRole};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -90,7 +90,10 @@ pub struct Produced {
     pub last_offset: u64,
 }
 
-/// Why a proposal could not be accepted; nothing was appended.
+/// Why a proposal was not accepted. Every variant but `Failed` is definite: nothing was
+/// appended. `Failed` means the replica (or, through `sluice-engine`'s
+/// `ReplicatedPartition::propose`, its storage) stopped, possibly after accepting the
+/// entry: indeterminate (the broker answers `StorageFailed`, an indeterminate code).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ProposeError {
     #[error("not the leader (leader: {leader:?})")]
@@ -281,18 +284,31 @@ impl Replica {
 
         // Walk markers and batches together.
         let mut markers = state.markers.iter().peekable();
-        let mut stored = batches
-            .iter()
-            .skip_while(|b| b.base_offset < state.start.offset || !had_state)
-            .peekable();
-        if let Some(b) = stored.peek() {
-            if had_state && b.base_offset > state.start.offset {
-                return Err(ReplicaError::Inconsistent(format!(
-                    "the log resumes at offset {} but raft.state starts at {}",
-                    b.base_offset, state.start.offset
-                )));
-            }
+        let skip = if had_state {
+            batches.partition_point(|b| b.base_offset < state.start.offset)
+        } else {
+            batches.len()
+        };
+        let mut rest = batches.get(skip..).unwrap_or_default();
+        let mut repairs = Vec::new();
+        let log_end = batches
+            .last()
+            .map_or(log_start_offset, |b| b.base_offset + u64::from(b.records));
+        // No batch starts at the state's start (the log ends before it, or a batch
+        // straddles it).
+        let misaligned = rest.first().map_or(log_end != state.start.offset, |b| {
+            b.base_offset > state.start.offset
+        });
+        if had_state && misaligned {
+            // A crash while installing a leader's log start (`install_snapshot`): the new
+            // raft.state is durable, the log was not reset yet. raft.state is the
+            // authority: the log restarts, empty, at its start.
+            repairs.push(Write::ResetLog {
+                offset: state.start.offset,
+            });
+            rest = &[];
         }
+        let mut stored = rest.iter().peekable();
         let mut offset = state.start.offset;
         let mut term = state.start.term;
         let mut kept_markers = 0usize;
@@ -334,7 +350,6 @@ impl Replica {
                 _ => break,
             }
         }
-        let mut repairs = Vec::new();
         if stored.peek().is_some() {
             repairs.push(Write::TruncateSuffix { offset });
         }
@@ -459,6 +474,13 @@ impl Replica {
         if self.failed.is_some() {
             return;
         }
+        // A log start installed from the leader is applied in raft-rs only once it is
+        // durable (see `persisted`); until then a campaign would read "unapplied"
+        // entries below the new first index and raft-rs would abort. The leader was
+        // heard from just now, so holding the election clock for that long is harmless.
+        if self.raw.raft.raft_log.applied < self.applied {
+            return;
+        }
         self.raw.tick();
         self.after_call();
     }
@@ -551,6 +573,13 @@ impl Replica {
         if self.failed.is_some() {
             return;
         }
+        self.persisted(number);
+        self.after_call();
+    }
+
+    /// The bookkeeping of [`Replica::handle_persisted`]: tell raft-rs, release the
+    /// messages that waited for the sync, answer `acks=leader` proposals.
+    fn persisted(&mut self, number: u64) {
         while let Some(&(n, index)) = self.unsynced.front() {
             if n > number {
                 break;
@@ -559,6 +588,13 @@ impl Replica {
             self.persisted_index = self.persisted_index.max(index);
         }
         self.raw.on_persist_ready(number);
+        // raft-rs keeps its own applied index; an installed log start moves only ours
+        // (`install_snapshot`). Once raft-rs knows it is durable, move its index too,
+        // or its next campaign reads below the new first index and aborts.
+        let log = &self.raw.raft.raft_log;
+        if log.applied < self.applied && self.applied <= log.committed.min(log.persisted) {
+            self.raw.advance_apply_to(self.applied);
+        }
         while let Some((n, _)) = self.after_persist.front() {
             if *n > number {
                 break;
@@ -581,7 +617,6 @@ impl Replica {
                 self.reply(p.token, result);
             }
         }
-        self.after_call();
     }
 
     /// The read requested by [`Action::Fetch`] `id` is done: `batches` are whole stored
@@ -727,7 +762,11 @@ impl Replica {
         while self.failed.is_none() && self.raw.has_ready() {
             let mut rd = self.raw.ready();
             let number = rd.number();
+            let mut snapshots_sent = Vec::new();
             for m in rd.take_messages() {
+                if m.get_msg_type() == MessageType::MsgSnapshot {
+                    snapshots_sent.push(m.to);
+                }
                 self.actions.push_back(Action::Send(m));
             }
             let mut wrote = false;
@@ -763,9 +802,20 @@ impl Replica {
             let persisted_msgs = rd.take_persisted_messages();
             let committed = rd.take_committed_entries();
             self.raw.advance_append_async(rd);
+            // Our snapshot is the log-start marker and rides in that one message, so it
+            // is "sent" once handed to the driver. raft-rs sends a follower nothing more
+            // until it hears how the snapshot went: report it now, so that a lost one is
+            // noticed by the next probe (rejected below our log start) and sent again.
+            for to in snapshots_sent {
+                self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
+            }
             if wrote || !persisted_msgs.is_empty() {
                 self.actions.push_back(Action::Sync { number });
                 self.after_persist.push_back((number, persisted_msgs));
+                #[cfg(feature = "planted-bugs")]
+                if crate::planted::active(crate::planted::Bug::AckBeforeFsync) {
+                    self.persisted(number);
+                }
             }
             self.apply(committed);
         }
@@ -794,9 +844,13 @@ impl Replica {
         }
         self.persisted_index = md.index;
         self.applied = md.index;
+        // The new log start is durable before the log it replaces is dropped: a crash
+        // between the two leaves a state that `open` repairs (it resets the log to the
+        // state's start), never the old state over an emptied log, which would have
+        // lost entries this replica acknowledged.
+        self.save_state();
         self.actions
             .push_back(Action::Write(Write::ResetLog { offset }));
-        self.save_state();
         if offset > self.high_watermark {
             self.high_watermark = offset;
             self.actions.push_back(Action::Committed {
@@ -824,8 +878,14 @@ impl Replica {
             if had_markers {
                 self.save_state();
             }
-            self.actions
-                .push_back(Action::Write(Write::TruncateSuffix { offset: cut }));
+            #[cfg(feature = "planted-bugs")]
+            let skip = crate::planted::active(crate::planted::Bug::SkipConflictTruncation);
+            #[cfg(not(feature = "planted-bugs"))]
+            let skip = false;
+            if !skip {
+                self.actions
+                    .push_back(Action::Write(Write::TruncateSuffix { offset: cut }));
+            }
             // Proposals whose entries were cut are lost.
             let cut_pending = self.pending.split_off(&first);
             for p in cut_pending.into_values() {
@@ -892,8 +952,12 @@ impl Replica {
                 Some(bytes.clone()),
             );
             batches.push(bytes);
+            #[cfg(feature = "planted-bugs")]
+            let early = crate::planted::active(crate::planted::Bug::AckBeforeQuorum);
+            #[cfg(not(feature = "planted-bugs"))]
+            let early = false;
             if let Some(p) = self.pending.get(&e.index) {
-                if p.acks == Acks::None && p.term == e.term {
+                if (p.acks == Acks::None || early) && p.term == e.term {
                     let token = p.token;
                     self.pending.remove(&e.index);
                     self.reply(

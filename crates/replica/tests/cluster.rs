@@ -8,12 +8,28 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::Bytes;
 use sluice_proto::batch::{BatchBuilder, BatchHeader, Limits};
 use sluice_replica::{
-    Acks, Action, Message, PersistentState, Produced, Replica, ReplicaConfig, ReplyError,
-    StoredBatch, Write,
+    Acks, Action, Message, MessageType, PersistentState, Produced, Replica, ReplicaConfig,
+    ReplyError, StoredBatch, Write,
 };
+
+/// Where a node "crashes" in the middle of a snapshot install.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum SnapshotCrash {
+    /// Just before its `ResetLog`: that and every later action are lost.
+    BeforeReset,
+    /// Just after its `ResetLog`: every later action is lost.
+    AfterReset,
+}
 
 struct Node {
     replica: Replica,
+    /// When set, the node stops at its next `ResetLog` as described, and stays down.
+    crash_on_reset: Option<SnapshotCrash>,
+    down: bool,
+    /// When set, syncs are held here (a slow disk) instead of completing at once.
+    held_syncs: Option<Vec<u64>>,
+    /// Start holding syncs when a snapshot arrives.
+    slow_disk_from_snapshot: bool,
     log: Vec<Bytes>,
     log_start: u64,
     state: Option<Vec<u8>>,
@@ -25,6 +41,8 @@ struct Cluster {
     nodes: BTreeMap<u64, Node>,
     net: VecDeque<Message>,
     isolated: BTreeSet<u64>,
+    /// Snapshot messages still to lose in transit.
+    lose_snapshots: u32,
     seed: u64,
 }
 
@@ -67,6 +85,10 @@ impl Cluster {
                 id,
                 Node {
                     replica,
+                    crash_on_reset: None,
+                    down: false,
+                    held_syncs: None,
+                    slow_disk_from_snapshot: false,
                     log: Vec::new(),
                     log_start: 0,
                     state: None,
@@ -79,6 +101,7 @@ impl Cluster {
             nodes,
             net: VecDeque::new(),
             isolated: BTreeSet::new(),
+            lose_snapshots: 0,
             seed,
         };
         c.settle();
@@ -96,12 +119,30 @@ impl Cluster {
             let ids: Vec<u64> = self.nodes.keys().copied().collect();
             for id in ids {
                 let node = self.nodes.get_mut(&id).unwrap();
+                if node.down {
+                    continue;
+                }
                 while let Some(a) = node.replica.poll_action() {
                     any = true;
+                    if let (Action::Write(Write::ResetLog { .. }), Some(at)) =
+                        (&a, node.crash_on_reset)
+                    {
+                        if at == SnapshotCrash::AfterReset {
+                            if let Action::Write(w) = a {
+                                apply_write(node, w);
+                            }
+                        }
+                        node.down = true;
+                        node.crash_on_reset = None;
+                        break;
+                    }
                     match a {
                         Action::Send(m) => self.net.push_back(m),
                         Action::Write(w) => apply_write(node, w),
-                        Action::Sync { number } => node.replica.handle_persisted(number),
+                        Action::Sync { number } => match node.held_syncs.as_mut() {
+                            Some(held) => held.push(number),
+                            None => node.replica.handle_persisted(number),
+                        },
                         Action::Fetch { id, offset, .. } => {
                             let bs: Vec<Bytes> = node
                                 .log
@@ -129,7 +170,14 @@ impl Cluster {
                 if self.isolated.contains(&m.from) || self.isolated.contains(&m.to) {
                     continue;
                 }
-                if let Some(n) = self.nodes.get_mut(&m.to) {
+                if m.get_msg_type() == MessageType::MsgSnapshot && self.lose_snapshots > 0 {
+                    self.lose_snapshots -= 1;
+                    continue;
+                }
+                if let Some(n) = self.nodes.get_mut(&m.to).filter(|n| !n.down) {
+                    if m.get_msg_type() == MessageType::MsgSnapshot && n.slow_disk_from_snapshot {
+                        n.held_syncs.get_or_insert_with(Vec::new);
+                    }
                     n.replica.handle_message(m).unwrap();
                 }
             }
@@ -141,7 +189,7 @@ impl Cluster {
 
     fn tick(&mut self, n: usize) {
         for _ in 0..n {
-            for node in self.nodes.values_mut() {
+            for node in self.nodes.values_mut().filter(|n| !n.down) {
                 node.replica.handle_tick();
             }
             self.settle();
@@ -178,6 +226,7 @@ impl Cluster {
         let node = self.node(id);
         node.replica = Replica::open(config(id, seed), state, start, &hs).unwrap();
         node.hw = node.replica.high_watermark();
+        node.down = false;
         self.settle();
     }
 }
@@ -376,6 +425,183 @@ fn a_follower_behind_retention_restarts_from_the_leaders_log_start() {
     assert_eq!(f.hw, 100);
     let want = values(&c.node(leader).log);
     assert_eq!(values(&c.node(lagging).log), want);
+}
+
+/// Found by the simulator (seed 13 with retention): a lost `MsgSnapshot` left the
+/// leader's progress for that follower in raft-rs's Snapshot state, which sends nothing
+/// until `report_snapshot`; the follower never caught up while that leader lasted.
+#[test]
+fn a_lost_snapshot_message_is_sent_again() {
+    let mut c = Cluster::new(4);
+    let leader = c.elect();
+    let lagging = (1..=3).find(|i| *i != leader).unwrap();
+    c.isolated.insert(lagging);
+    for i in 0..20u64 {
+        c.node(leader)
+            .replica
+            .handle_propose(i, batch(5, "keep"), Acks::All)
+            .unwrap();
+        c.settle();
+    }
+    c.tick(2);
+    assert_eq!(c.node(leader).replica.compact_to(50), 50);
+    c.settle();
+    let node = c.node(leader);
+    node.log.drain(..10);
+    node.log_start = 50;
+    c.lose_snapshots = 2;
+    c.isolated.clear();
+    c.tick(60);
+    assert_eq!(c.lose_snapshots, 0, "the leader sent snapshots");
+    assert_eq!(
+        c.node(leader).replica.leader(),
+        Some(leader),
+        "same leader throughout"
+    );
+    let f = c.node(lagging);
+    assert_eq!((f.log_start, f.log.len(), f.hw), (50, 10, 100), "caught up");
+    let want = values(&c.node(leader).log);
+    assert_eq!(values(&c.node(lagging).log), want);
+}
+
+/// Found by the simulator (seed 241): a follower installing the leader's log start
+/// reset its log before writing the new `raft.state`; an I/O error (or a power cut)
+/// between the two left the old state over an emptied log — entries it had
+/// acknowledged were gone, and raft-rs aborted when the leader's commit index came.
+/// Whichever side of the reset the crash falls, the follower must reopen consistent,
+/// never having lost what it acknowledged, and catch up.
+#[test]
+fn a_crash_in_the_middle_of_a_snapshot_install_loses_nothing() {
+    for at in [SnapshotCrash::BeforeReset, SnapshotCrash::AfterReset] {
+        let mut c = Cluster::new(4);
+        let leader = c.elect();
+        let lagging = (1..=3).find(|i| *i != leader).unwrap();
+        for i in 0..4u64 {
+            c.node(leader)
+                .replica
+                .handle_propose(i, batch(5, "seen"), Acks::All)
+                .unwrap();
+            c.settle();
+        }
+        c.tick(2);
+        let acked = c.node(lagging).log.len();
+        assert_eq!(acked, 4, "{at:?}: the follower has the first batches");
+        c.isolated.insert(lagging);
+        for i in 4..20u64 {
+            c.node(leader)
+                .replica
+                .handle_propose(i, batch(5, "keep"), Acks::All)
+                .unwrap();
+            c.settle();
+        }
+        c.tick(2);
+        assert_eq!(c.node(leader).replica.compact_to(50), 50);
+        c.settle();
+        let node = c.node(leader);
+        node.log.drain(..10);
+        node.log_start = 50;
+        c.node(lagging).crash_on_reset = Some(at);
+        c.isolated.clear();
+        c.tick(5);
+        assert!(c.node(lagging).down, "{at:?}: the follower got a snapshot");
+        c.restart(lagging);
+        let s = c.node(lagging).replica.status();
+        let f = c.node(lagging);
+        let end = f.log.last().map_or(f.log_start, |b| {
+            let h = BatchHeader::parse(b, &Limits::DEFAULT).unwrap();
+            h.base_offset + u64::from(h.record_count)
+        });
+        assert_eq!(
+            (s.log_start_offset, s.log_end_offset),
+            (f.log_start, end),
+            "{at:?}: the reopened replica agrees with its log"
+        );
+        assert!(
+            s.log_end_offset >= 20 || s.log_start_offset >= 50,
+            "{at:?}: it kept what it acknowledged, or holds the snapshot that covers it: {s:?}"
+        );
+        c.tick(30);
+        let f = c.node(lagging);
+        assert_eq!((f.log_start, f.log.len(), f.hw), (50, 10, 100), "{at:?}");
+        let want = values(&c.node(leader).log);
+        assert_eq!(values(&c.node(lagging).log), want, "{at:?}");
+    }
+}
+
+/// Found by the simulator (seed 623): after installing the leader's log start, raft-rs's
+/// own applied index stayed below the new first index (only the replica's moved), so
+/// the follower's next campaign read "unapplied entries" below its log start and
+/// raft-rs aborted. Also while the snapshot is not yet durable.
+#[test]
+fn a_follower_that_installed_a_snapshot_can_campaign() {
+    for slow_disk in [false, true] {
+        let mut c = Cluster::new(4);
+        let leader = c.elect();
+        let lagging = (1..=3).find(|i| *i != leader).unwrap();
+        c.isolated.insert(lagging);
+        for i in 0..20u64 {
+            c.node(leader)
+                .replica
+                .handle_propose(i, batch(5, "keep"), Acks::All)
+                .unwrap();
+            c.settle();
+        }
+        c.tick(2);
+        assert_eq!(c.node(leader).replica.compact_to(50), 50);
+        c.settle();
+        let node = c.node(leader);
+        node.log.drain(..10);
+        node.log_start = 50;
+        c.node(lagging).slow_disk_from_snapshot = slow_disk;
+        c.isolated.clear();
+        for _ in 0..30 {
+            if c.node(lagging).replica.status().first_index > 1 {
+                break;
+            }
+            c.tick(1);
+        }
+        assert!(
+            c.node(lagging).replica.status().first_index > 1,
+            "slow_disk {slow_disk}: snapshot installed"
+        );
+        assert_eq!(c.node(lagging).held_syncs.is_some(), slow_disk);
+        // Cut off again: its election timeout passes and it campaigns (a pre-vote: it
+        // forgets the leader), unless its snapshot is not durable yet, when its
+        // election clock waits.
+        c.isolated.insert(lagging);
+        let isolated_ticks = |c: &mut Cluster| {
+            for _ in 0..60 {
+                c.node(lagging).replica.handle_tick();
+                c.settle();
+            }
+        };
+        isolated_ticks(&mut c);
+        let s = c.node(lagging).replica.status();
+        assert_eq!(
+            s.leader.is_none(),
+            !slow_disk,
+            "slow_disk {slow_disk}: {s:?}"
+        );
+        c.node(lagging).slow_disk_from_snapshot = false;
+        if let Some(held) = c.node(lagging).held_syncs.take() {
+            for n in held {
+                c.node(lagging).replica.handle_persisted(n);
+            }
+        }
+        isolated_ticks(&mut c);
+        let s = c.node(lagging).replica.status();
+        assert!(
+            s.leader.is_none(),
+            "slow_disk {slow_disk}: it campaigned: {s:?}"
+        );
+        c.isolated.clear();
+        c.tick(60);
+        let leader = c.elect();
+        let want = values(&c.node(leader).log);
+        let f = c.node(lagging);
+        assert_eq!(f.log_start, 50, "slow_disk {slow_disk}");
+        assert_eq!(values(&c.node(lagging).log), want, "slow_disk {slow_disk}");
+    }
 }
 
 #[test]

@@ -1,0 +1,87 @@
+//! The CI seed set: seeds 0..400 with the default fault mix, 3 nodes, 1000 ticks (10
+//! virtual seconds) of faults and then convergence, in groups of 50 that nextest runs
+//! in parallel; plus 50 seeds of 5-node clusters and 10 long runs (30 virtual
+//! seconds). Every invariant must hold. A failure prints the seed, the invariant and
+//! the command that replays it.
+
+use sluice_sim::{run, SimConfig};
+
+/// The CI runs: the defaults with a longer faulty phase.
+fn ci(seed: u64) -> SimConfig {
+    SimConfig {
+        ticks: 1000,
+        ..SimConfig::new(seed)
+    }
+}
+
+fn seeds(cfg: impl Fn(u64) -> SimConfig, range: std::ops::Range<u64>) {
+    let mut failures = Vec::new();
+    for seed in range {
+        if let Err(f) = run(&cfg(seed), None) {
+            failures.push(f.to_string());
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn seeds_000_049() {
+    seeds(ci, 0..50);
+}
+
+#[test]
+fn seeds_050_099() {
+    seeds(ci, 50..100);
+}
+
+#[test]
+fn seeds_100_149() {
+    seeds(ci, 100..150);
+}
+
+#[test]
+fn seeds_150_199() {
+    seeds(ci, 150..200);
+}
+
+#[test]
+fn seeds_200_249() {
+    seeds(ci, 200..250);
+}
+
+#[test]
+fn seeds_250_299() {
+    seeds(ci, 250..300);
+}
+
+#[test]
+fn seeds_300_349() {
+    seeds(ci, 300..350);
+}
+
+#[test]
+fn seeds_350_399() {
+    seeds(ci, 350..400);
+}
+
+#[test]
+fn five_nodes_seeds_000_049() {
+    seeds(
+        |seed| SimConfig {
+            nodes: 5,
+            ..ci(seed)
+        },
+        0..50,
+    );
+}
+
+#[test]
+fn long_runs_seeds_000_009() {
+    seeds(
+        |seed| SimConfig {
+            ticks: 3000,
+            ..ci(seed)
+        },
+        0..10,
+    );
+}
