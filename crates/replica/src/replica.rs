@@ -875,6 +875,11 @@ impl Replica {
             let had_markers = store.markers.range(first..).next().is_some();
             self.raw.mut_store().truncate_from(first);
             self.persisted_index = self.persisted_index.min(first - 1);
+            // Syncs still in flight cover at most what survives the cut: their entries
+            // from `first` on are gone, and the new ones are not theirs to claim.
+            for (_, last) in self.unsynced.iter_mut() {
+                *last = (*last).min(first - 1);
+            }
             if had_markers {
                 self.save_state();
             }
