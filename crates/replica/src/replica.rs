@@ -731,6 +731,17 @@ impl Replica {
         self.drive();
     }
 
+    /// Draws this replica's next election timeout from its own seeded RNG.
+    ///
+    /// raft-rs draws one from `thread_rng` whenever it resets the election clock
+    /// (becoming follower, pre-candidate, candidate or leader), and
+    /// `set_randomized_election_timeout` asserts `min <= t < max`. DESIGN §7's recipe,
+    /// `max_election_tick = min + 1`, would make that draw deterministic but would also
+    /// leave `min` as the only legal timeout, so every replica would time out on the
+    /// same tick and split votes would repeat. Instead the range stays `[min, 2 * min)`
+    /// and this runs after every call into raft-rs that changed (term, role, leader),
+    /// before the next tick can read the value: raft-rs's own draw is never used, and
+    /// the simulator replays exactly.
     fn reroll_timeout(&mut self) {
         let t = self
             .rng
