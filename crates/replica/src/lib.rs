@@ -17,7 +17,7 @@ mod replica;
 pub mod state;
 mod store;
 
-pub use raft::eraftpb::{Message, MessageType};
+pub use raft::eraftpb::{Entry, Message, MessageType};
 pub use replica::{
     decode_message, encode_message, Acks, Action, Produced, ProposeError, Replica, ReplicaConfig,
     ReplicaError, ReplicaStatus, ReplyError, StoredBatch, Write,

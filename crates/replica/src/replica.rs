@@ -508,6 +508,8 @@ impl Replica {
                 msg.to, self.id
             )));
         }
+        let mut msg = msg;
+        sanitize(&mut msg, self.raw.raft.raft_log.last_index())?;
         let result = self.raw.step(msg);
         self.after_call();
         match result {
@@ -1058,6 +1060,67 @@ impl Replica {
             Err(e) => self.fail(format!("conf change: {e}")),
         }
     }
+}
+
+/// Refuses or repairs, at the network boundary, what raft-rs would abort on. Only the
+/// message types replication exchanges between peers are accepted, each with a term
+/// (raft-rs reserves term 0 for local messages; forwarded proposals, read-index and
+/// leader-transfer requests are not used here); a heartbeat whose commit index passes
+/// the end of this log (a correct leader never sends one; raft-rs would panic) is
+/// clamped to it. Peers are authenticated, so this guards against a buggy peer, not an
+/// anonymous one.
+fn sanitize(msg: &mut Message, last_index: u64) -> Result<(), ReplicaError> {
+    use MessageType::*;
+    let kind = msg.get_msg_type();
+    let peer_kind = matches!(
+        kind,
+        MsgAppend
+            | MsgAppendResponse
+            | MsgRequestVote
+            | MsgRequestVoteResponse
+            | MsgRequestPreVote
+            | MsgRequestPreVoteResponse
+            | MsgHeartbeat
+            | MsgHeartbeatResponse
+            | MsgSnapshot
+            | MsgTimeoutNow
+    );
+    if !peer_kind {
+        return Err(ReplicaError::BadMessage(format!(
+            "{kind:?} is not a message peers exchange"
+        )));
+    }
+    if msg.term == 0 {
+        return Err(ReplicaError::BadMessage(format!(
+            "{kind:?} with term 0 (reserved for local messages)"
+        )));
+    }
+    if kind == MsgHeartbeat && msg.commit > last_index {
+        msg.commit = last_index;
+    }
+    if kind == MsgAppend {
+        // raft-rs reads term 0 as "no entry" and would match it past the end of the log.
+        if msg.index > 0 && msg.log_term == 0 {
+            return Err(ReplicaError::BadMessage(
+                "append after an entry of term 0".into(),
+            ));
+        }
+        let mut prev_term = msg.log_term;
+        for (i, e) in msg.entries.iter().enumerate() {
+            let want = msg.index.saturating_add(1).saturating_add(i as u64);
+            if e.index != want || e.term < prev_term.max(1) || e.term > msg.term {
+                return Err(ReplicaError::BadMessage(format!(
+                    "append entry {i}: index {} term {} (expected index {want}, term in [{}, {}])",
+                    e.index,
+                    e.term,
+                    prev_term.max(1),
+                    msg.term
+                )));
+            }
+            prev_term = e.term;
+        }
+    }
+    Ok(())
 }
 
 /// Encodes a Raft message for the wire.
