@@ -2,146 +2,17 @@
 //! hot log, e2e with `--verify`, each writing `--json`; the report's fields and the
 //! exit status are checked, not the speed (speed is never asserted).
 //!
-//! The broker is built once (`cargo build -p sluice-server`) unless `SLUICE_SERVER_BIN`
-//! names a binary to use, started on free loopback ports in a temporary data
-//! directory, and killed at the end (the start/ready logic is the SDK tests',
-//! `crates/client/tests/common/mod.rs`).
+//! The broker is `sluice-test-support`'s: `SLUICE_SERVER_BIN` or one build of
+//! `sluice-server`, on free loopback ports in a temporary data directory, killed at the
+//! end.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
-
-/// How long the broker may take to become ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+use sluice_test_support::Broker;
 
 const BENCH: &str = env!("CARGO_BIN_EXE_sluice-bench");
-
-/// The `sluice-server` binary: `SLUICE_SERVER_BIN`, or a debug build made now.
-fn server_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("SLUICE_SERVER_BIN") {
-        return PathBuf::from(bin);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(env!("CARGO"))
-        .current_dir(&root)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "sluice-server",
-            "--bin",
-            "sluice-server",
-        ])
-        .status()
-        .expect("run cargo build -p sluice-server");
-    assert!(status.success(), "cargo build -p sluice-server failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let binary = target.join("debug").join("sluice-server");
-    assert!(binary.is_file(), "no server binary at {}", binary.display());
-    binary
-}
-
-fn free_udp_port() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
-    s.local_addr().expect("local addr").port()
-}
-
-fn free_tcp_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a TCP port");
-    l.local_addr().expect("local addr").port()
-}
-
-/// A running broker, killed when dropped.
-struct Broker {
-    child: Child,
-    addr: SocketAddr,
-    data_dir: PathBuf,
-    log: PathBuf,
-}
-
-impl Broker {
-    fn start(dir: &Path) -> Broker {
-        let data_dir = dir.join("data");
-        std::fs::create_dir_all(&data_dir).expect("create the data dir");
-        let log = dir.join("server.log");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
-        let out = std::fs::File::create(&log).expect("create the server log");
-        let err = out.try_clone().expect("clone the log handle");
-        let child = Command::new(server_binary())
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--admin-listen")
-            .arg(admin.to_string())
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn sluice-server");
-        let mut broker = Broker {
-            child,
-            addr,
-            data_dir,
-            log,
-        };
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = broker.child.try_wait() {
-                panic!(
-                    "sluice-server exited early ({status}):\n{}",
-                    broker.log_text()
-                );
-            }
-            if broker.ca_path().is_file() && http_status(admin, "/ready") == Some(200) {
-                return broker;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sluice-server not ready in {READY_TIMEOUT:?}:\n{}",
-                broker.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-
-    fn ca_path(&self) -> PathBuf {
-        self.data_dir.join("tls").join("ca.pem")
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The status code of `GET path` on `addr`, if it answers.
-fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).ok()?;
-    std::str::from_utf8(head.get(9..12)?).ok()?.parse().ok()
-}
 
 /// Runs `sluice-bench` with `args` (no progress bar, no SLUICE_* from the environment).
 fn bench(args: &[&str]) -> Output {
@@ -167,7 +38,7 @@ fn text(out: &Output) -> String {
 /// returns the JSON report.
 fn run_mode(broker: &Broker, dir: &Path, mode: &str, extra: &[&str]) -> Value {
     let json = dir.join(format!("{mode}.json"));
-    let server = broker.addr.to_string();
+    let server = broker.addr().to_string();
     let ca = broker.ca_path();
     let mut args = vec![
         mode,
@@ -256,7 +127,7 @@ fn assert_verified(report: &Value, acked: u64) {
 #[test]
 fn produce_consume_and_e2e_against_a_real_broker() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let broker = Broker::start(dir.path());
+    let broker = Broker::start(dir.path().join("data"));
 
     // produce: 20,000 records, each acknowledged, read back once at its offset.
     let p = run_mode(
