@@ -8,17 +8,14 @@
 //! (`crates/gateway/tests/hostile.rs`); this one runs the broker binary the way it ships.
 
 use std::future::Future;
-use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quinn::crypto::rustls::QuicClientConfig;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use sluice_client::{Client, ClientTls};
 use sluice_proto::wire::*;
 use sluice_proto::{BatchBuilder, Limits};
+use sluice_test_support::raw::{
+    frame, frame_with_variant, raw_connect, raw_exchange, read_answer, RawAnswer,
+};
 use sluice_test_support::Broker;
 
 /// The server's `stream_read_timeout` in this test (default 10 s, too slow for a test).
@@ -158,9 +155,9 @@ async fn wrong_alpn(broker: &Broker) {
     let conn = raw_connect(broker.addr(), &broker.ca_path(), &[b"h3", ALPN])
         .await
         .unwrap();
-    let answer = exchange(&conn, &frame(1, &Request::ListTopics, &[]), true).await;
+    let answer = raw_exchange(&conn, &frame(1, &Request::ListTopics, &[]), true).await;
     assert!(
-        matches!(answer, Answer::Response(_, Response::ListTopics(Ok(_)))),
+        matches!(answer, RawAnswer::Response(_, Response::ListTopics(Ok(_)))),
         "{answer:?}"
     );
 }
@@ -183,29 +180,29 @@ async fn garbage_on_a_stream(broker: &Broker) {
         garbage.extend_from_slice(&(4 + header.len() as u32).to_le_bytes());
         garbage.extend_from_slice(&(header.len() as u32).to_le_bytes());
         garbage.extend_from_slice(&header);
-        let (id, body) = error_of(exchange(&conn, &garbage, true).await);
+        let (id, body) = error_of(raw_exchange(&conn, &garbage, true).await);
         assert_eq!(body.code, ErrorCode::InvalidRequest, "{body:?}");
         assert_eq!(id, u64::from_le_bytes(header[2..10].try_into().unwrap()));
     }
     // Another api version is refused as such.
     let mut v9 = frame(5, &Request::ListTopics, &[]);
     v9[8] = 9;
-    let (id, body) = error_of(exchange(&conn, &v9, true).await);
+    let (id, body) = error_of(raw_exchange(&conn, &v9, true).await);
     assert_eq!((id, body.code), (5, ErrorCode::UnsupportedVersion));
     // Bytes after a whole frame.
     let mut trailing = frame(6, &Request::ListTopics, &[]);
     trailing.extend_from_slice(b"extra");
-    let (id, body) = error_of(exchange(&conn, &trailing, true).await);
+    let (id, body) = error_of(raw_exchange(&conn, &trailing, true).await);
     assert_eq!((id, body.code), (6, ErrorCode::InvalidRequest));
     // A header length past the frame's end.
     let mut lying = frame(7, &Request::ListTopics, &[]);
     lying[4] = 200;
     assert_eq!(
-        error_of(exchange(&conn, &lying, true).await).1.code,
+        error_of(raw_exchange(&conn, &lying, true).await).1.code,
         ErrorCode::InvalidRequest
     );
     // A stream finished with nothing on it.
-    let (id, body) = error_of(exchange(&conn, &[], true).await);
+    let (id, body) = error_of(raw_exchange(&conn, &[], true).await);
     assert_eq!((id, body.code), (0, ErrorCode::InvalidRequest));
     // The same connection still serves a good request.
     assert_lists_topics(&conn, 8).await;
@@ -237,10 +234,10 @@ async fn huge_length_prefix(broker: &Broker) {
         assert_eq!(stopped, Some(u64::from(STREAM_ERROR_MALFORMED)));
     }
     // An HTTP request where a frame should be: "GET " is a 542 MB length.
-    let http = exchange(&conn, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", true).await;
+    let http = raw_exchange(&conn, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", true).await;
     assert_eq!(error_of(http).1.code, ErrorCode::FrameTooLarge);
     // A length too short to hold the header length.
-    let short = exchange(&conn, &[2, 0, 0, 0, 0, 0], true).await;
+    let short = raw_exchange(&conn, &[2, 0, 0, 0, 0, 0], true).await;
     assert_eq!(error_of(short).1.code, ErrorCode::InvalidRequest);
     assert_lists_topics(&conn, 9).await;
 }
@@ -249,7 +246,7 @@ async fn truncated_frame(broker: &Broker) {
     let conn = raw(broker).await;
     let full = frame(42, &produce_request(), &batch(50, 200));
     for cut in [1, 2, 4, 9, 17, 18, 30, full.len() / 2, full.len() - 1] {
-        let (id, body) = error_of(exchange(&conn, &full[..cut], true).await);
+        let (id, body) = error_of(raw_exchange(&conn, &full[..cut], true).await);
         assert_eq!(body.code, ErrorCode::InvalidRequest, "cut {cut}: {body:?}");
         assert!(body.message.contains("truncated"), "cut {cut}: {body:?}");
         // Once the header's id bytes are in (prefix 4 + header len 4 + 10), the answer
@@ -262,7 +259,8 @@ async fn truncated_frame(broker: &Broker) {
 async fn unknown_request_kind(broker: &Broker) {
     let conn = raw(broker).await;
     for variant in [9u32, 10, 99, 0x8000_0000, u32::MAX] {
-        let (id, body) = error_of(exchange(&conn, &frame_with_variant(1234, variant), true).await);
+        let (id, body) =
+            error_of(raw_exchange(&conn, &frame_with_variant(1234, variant, &[0; 16]), true).await);
         assert_eq!(
             (id, body.code),
             (1234, ErrorCode::InvalidRequest),
@@ -285,9 +283,9 @@ async fn corrupt_batch(broker: &Broker) {
     // Too short for a batch header.
     let short = good[..40].to_vec();
     for (payload, batch_code) in [(flipped, 103u16), (noise, 102), (short, 101)] {
-        let answer = exchange(&conn, &frame(77, &produce_request(), &payload), true).await;
+        let answer = raw_exchange(&conn, &frame(77, &produce_request(), &payload), true).await;
         match answer {
-            Answer::Response(header, Response::Produce(Err(body))) => {
+            RawAnswer::Response(header, Response::Produce(Err(body))) => {
                 assert_eq!(header.request_id, 77);
                 assert_eq!(body.code, ErrorCode::CorruptBatch, "{body:?}");
                 assert_eq!(body.detail, ErrorDetail::Batch { code: batch_code });
@@ -296,8 +294,8 @@ async fn corrupt_batch(broker: &Broker) {
         }
     }
     // The good batch is appended, at offset 0: nothing corrupt got in before it.
-    match exchange(&conn, &frame(78, &produce_request(), &good), true).await {
-        Answer::Response(_, Response::Produce(Ok(ok))) => {
+    match raw_exchange(&conn, &frame(78, &produce_request(), &good), true).await {
+        RawAnswer::Response(_, Response::Produce(Ok(ok))) => {
             assert_eq!((ok.base_offset, ok.last_offset), (0, 3));
         }
         other => panic!("{other:?}"),
@@ -329,7 +327,7 @@ async fn streams_that_never_finish(broker: &Broker) {
     for (_send, mut recv) in streams {
         assert_eq!(
             read_answer(&mut recv).await,
-            Answer::Reset(u64::from(STREAM_ERROR_TIMEOUT))
+            RawAnswer::Reset(STREAM_ERROR_TIMEOUT)
         );
     }
     let waited = started.elapsed();
@@ -357,16 +355,16 @@ async fn thousands_of_streams(broker: &Broker) {
             }
         };
         let bytes = frame(i, &request, &[]);
-        tasks.push(tokio::spawn(
-            async move { exchange(&conn, &bytes, true).await },
-        ));
+        tasks.push(tokio::spawn(async move {
+            raw_exchange(&conn, &bytes, true).await
+        }));
     }
     for (i, task) in (1..=STREAMS).zip(tasks) {
         match task.await.unwrap() {
-            Answer::Response(header, Response::ListTopics(Ok(_))) if i % 2 == 0 => {
+            RawAnswer::Response(header, Response::ListTopics(Ok(_))) if i % 2 == 0 => {
                 assert_eq!(header.request_id, i);
             }
-            Answer::Response(header, Response::DescribeTopic(Err(e))) if i % 2 == 1 => {
+            RawAnswer::Response(header, Response::DescribeTopic(Err(e))) if i % 2 == 1 => {
                 assert_eq!(header.request_id, i);
                 assert_eq!(e.code, ErrorCode::UnknownTopic);
             }
@@ -383,13 +381,13 @@ async fn thousands_of_streams(broker: &Broker) {
                 let conn = conn.clone();
                 let id = c * 1_000 + i;
                 inner.push(tokio::spawn(async move {
-                    (id, exchange(&conn, &frame(id, &Request::ListTopics, &[]), true).await)
+                    (id, raw_exchange(&conn, &frame(id, &Request::ListTopics, &[]), true).await)
                 }));
             }
             for t in inner {
                 let (id, answer) = t.await.unwrap();
                 assert!(
-                    matches!(&answer, Answer::Response(h, Response::ListTopics(Ok(_))) if h.request_id == id),
+                    matches!(&answer, RawAnswer::Response(h, Response::ListTopics(Ok(_))) if h.request_id == id),
                     "{id}: {answer:?}"
                 );
             }
@@ -425,7 +423,7 @@ async fn stalled_streams_up_to_the_limit(broker: &Broker) {
     for (_, recv) in &mut stalled {
         assert_eq!(
             read_answer(recv).await,
-            Answer::Reset(u64::from(STREAM_ERROR_TIMEOUT))
+            RawAnswer::Reset(STREAM_ERROR_TIMEOUT)
         );
     }
     // Dropping them answers the server's STOP_SENDING; the credit comes back.
@@ -436,12 +434,12 @@ async fn stalled_streams_up_to_the_limit(broker: &Broker) {
 async fn a_connection_of_only_garbage(broker: &Broker) {
     let conn = raw(broker).await;
     for i in 0..MALFORMED_STREAMS_MAX {
-        match exchange(&conn, b"\xff\xff\xff\xffgarbage", true).await {
-            Answer::Response(_, Response::Error(body)) => {
+        match raw_exchange(&conn, b"\xff\xff\xff\xffgarbage", true).await {
+            RawAnswer::Response(_, Response::Error(body)) => {
                 assert_eq!(body.code, ErrorCode::FrameTooLarge);
             }
             // The last one may race the close.
-            Answer::Lost(_) | Answer::Empty if i + 1 == MALFORMED_STREAMS_MAX => {}
+            RawAnswer::Lost(_) | RawAnswer::Empty if i + 1 == MALFORMED_STREAMS_MAX => {}
             other => panic!("stream {i}: {other:?}"),
         }
     }
@@ -457,125 +455,25 @@ async fn a_connection_of_only_garbage(broker: &Broker) {
 
 // ---- raw QUIC helpers -------------------------------------------------------------
 
-/// A raw quinn connection trusting the CA at `ca` and offering `alpn`, like the SDK's
-/// (`crates/client/src/transport.rs`: TLS 1.3 with ring, no 0-RTT).
-async fn raw_connect(
-    addr: SocketAddr,
-    ca: &Path,
-    alpn: &[&[u8]],
-) -> Result<quinn::Connection, quinn::ConnectionError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    let config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(config);
-    endpoint.connect(addr, "localhost").unwrap().await
-}
-
 async fn raw(broker: &Broker) -> quinn::Connection {
     raw_connect(broker.addr(), &broker.ca_path(), &[ALPN])
         .await
         .expect("a raw connection with ALPN sluice/1")
 }
 
-/// What a raw stream got back.
-#[derive(Debug, PartialEq, Eq)]
-enum Answer {
-    /// A response frame that decodes.
-    Response(ResponseHeader, Response),
-    /// The server reset the stream with this code.
-    Reset(u64),
-    /// The connection went away.
-    Lost(String),
-    /// The stream ended with no bytes.
-    Empty,
-}
-
-/// Writes `bytes` on a new stream, finishes it if `finish`, and reads what comes back.
-async fn exchange(conn: &quinn::Connection, bytes: &[u8], finish: bool) -> Answer {
-    let (mut send, mut recv) = match conn.open_bi().await {
-        Ok(s) => s,
-        Err(e) => return Answer::Lost(e.to_string()),
-    };
-    // A write fails once the server stops reading; its answer still comes.
-    let _ = send.write_all(bytes).await;
-    if finish {
-        let _ = send.finish();
-    }
-    let answer = read_answer(&mut recv).await;
-    drop(send);
-    answer
-}
-
-async fn read_answer(recv: &mut quinn::RecvStream) -> Answer {
-    match recv.read_to_end(64 << 20).await {
-        Ok(bytes) if bytes.is_empty() => Answer::Empty,
-        Ok(bytes) => {
-            let limits = FrameLimits::default();
-            let frame = split_frame(&bytes, &limits).expect("one whole response frame");
-            let (header, response, _) = decode_response(frame, &limits).expect("a response");
-            Answer::Response(header, response)
-        }
-        Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
-            Answer::Reset(code.into_inner())
-        }
-        Err(quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(e))) => {
-            Answer::Lost(e.to_string())
-        }
-        Err(e) => panic!("unexpected read error {e}"),
-    }
-}
-
-fn error_of(answer: Answer) -> (u64, ErrorBody) {
+fn error_of(answer: RawAnswer) -> (u64, ErrorBody) {
     match answer {
-        Answer::Response(header, Response::Error(body)) => (header.request_id, body),
+        RawAnswer::Response(header, Response::Error(body)) => (header.request_id, body),
         other => panic!("expected an Error response, got {other:?}"),
     }
 }
 
 async fn assert_lists_topics(conn: &quinn::Connection, id: u64) {
-    let answer = exchange(conn, &frame(id, &Request::ListTopics, &[]), true).await;
+    let answer = raw_exchange(conn, &frame(id, &Request::ListTopics, &[]), true).await;
     assert!(
-        matches!(&answer, Answer::Response(h, Response::ListTopics(Ok(_))) if h.request_id == id),
+        matches!(&answer, RawAnswer::Response(h, Response::ListTopics(Ok(_))) if h.request_id == id),
         "{answer:?}"
     );
-}
-
-/// A well-formed request frame.
-fn frame(request_id: u64, request: &Request, payload: &[u8]) -> Vec<u8> {
-    encode_request(
-        &RequestHeader::new(request_id, "hostile"),
-        request,
-        payload,
-        &FrameLimits::default(),
-    )
-    .unwrap()
-}
-
-/// A frame with a valid request header (api version 1, `request_id`, client id "raw")
-/// followed by the `Request` variant number `variant` and some bytes.
-fn frame_with_variant(request_id: u64, variant: u32) -> Vec<u8> {
-    let mut header = Vec::new();
-    header.extend_from_slice(&API_VERSION.to_le_bytes());
-    header.extend_from_slice(&request_id.to_le_bytes());
-    header.extend_from_slice(&3u64.to_le_bytes());
-    header.extend_from_slice(b"raw");
-    header.extend_from_slice(&variant.to_le_bytes());
-    header.extend_from_slice(&[0; 16]);
-    let mut frame = Vec::new();
-    frame.extend_from_slice(&(4 + header.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&(header.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&header);
-    frame
 }
 
 fn produce_request() -> Request {

@@ -14,6 +14,10 @@
 //!
 //! Every wait is bounded ([`READY_TIMEOUT`], [`EXIT_TIMEOUT`]); a failure panics with
 //! the server's log, so a test failure shows why the server did what it did.
+//!
+//! [`raw`] has QUIC clients that misbehave on purpose (hand-made frames, any ALPN).
+
+pub mod raw;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};

@@ -10,9 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quinn::crypto::rustls::QuicClientConfig;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use sluice_client::{Client, ClientTls};
 use sluice_gateway::{dev_ca_path, Gateway, GatewayConfig, Reply, Service, TlsSource};
 use sluice_proto::wire::*;
@@ -250,104 +247,11 @@ impl Harness {
     }
 }
 
-/// A quinn client connection that trusts the CA at `ca` and offers `alpn`.
-pub async fn raw_connect(
-    addr: SocketAddr,
-    ca: &Path,
-    alpn: &[&[u8]],
-) -> Result<quinn::Connection, quinn::ConnectionError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    let config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(config);
-    endpoint.connect(addr, "localhost").unwrap().await
-}
-
-/// What a raw stream got back.
-#[derive(Debug, PartialEq, Eq)]
-pub enum RawAnswer {
-    /// A response frame that decodes.
-    Response(ResponseHeader, Response),
-    /// The gateway reset the stream with this code before answering.
-    Reset(u32),
-    /// The connection went away.
-    Lost(String),
-    /// The stream ended without a (whole) response.
-    Empty,
-}
-
-/// Writes `bytes` on a new stream, finishes it if `finish`, and reads what comes back.
-pub async fn raw_exchange(conn: &quinn::Connection, bytes: &[u8], finish: bool) -> RawAnswer {
-    let (mut send, mut recv) = match conn.open_bi().await {
-        Ok(s) => s,
-        Err(e) => return RawAnswer::Lost(e.to_string()),
-    };
-    // A write may fail when the gateway stops reading; the answer still comes.
-    let _ = send.write_all(bytes).await;
-    if finish {
-        let _ = send.finish();
-    }
-    let answer = read_answer(&mut recv).await;
-    drop(send);
-    answer
-}
-
-pub async fn read_answer(recv: &mut quinn::RecvStream) -> RawAnswer {
-    match recv.read_to_end(64 << 20).await {
-        Ok(bytes) if bytes.is_empty() => RawAnswer::Empty,
-        Ok(bytes) => {
-            let limits = FrameLimits::default();
-            let frame = split_frame(&bytes, &limits).unwrap();
-            let (header, response, _) = decode_response(frame, &limits).unwrap();
-            RawAnswer::Response(header, response)
-        }
-        Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
-            RawAnswer::Reset(code.into_inner() as u32)
-        }
-        Err(quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(e))) => {
-            RawAnswer::Lost(e.to_string())
-        }
-        Err(e) => panic!("unexpected read error {e}"),
-    }
-}
-
-/// A well-formed request frame.
-pub fn frame(request_id: u64, request: &Request, payload: &[u8]) -> Vec<u8> {
-    encode_request(
-        &RequestHeader::new(request_id, "raw"),
-        request,
-        payload,
-        &FrameLimits::default(),
-    )
-    .unwrap()
-}
-
-/// A frame with a valid request header (api version 1, `request_id`) followed by the
-/// `Request` variant `variant` and `rest` as its fields.
-pub fn frame_with_variant(request_id: u64, variant: u32, rest: &[u8]) -> Vec<u8> {
-    let mut header = Vec::new();
-    header.extend_from_slice(&API_VERSION.to_le_bytes());
-    header.extend_from_slice(&request_id.to_le_bytes());
-    header.extend_from_slice(&3u64.to_le_bytes());
-    header.extend_from_slice(b"raw");
-    header.extend_from_slice(&variant.to_le_bytes());
-    header.extend_from_slice(rest);
-    let mut frame = Vec::new();
-    frame.extend_from_slice(&(4 + header.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&(header.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&header);
-    frame
-}
+// Each test binary uses a different subset.
+#[allow(unused_imports)]
+pub use sluice_test_support::raw::{
+    frame, frame_with_variant, raw_connect, raw_exchange, read_answer, RawAnswer,
+};
 
 /// A record batch of about `bytes` bytes.
 pub fn batch_of(bytes: usize) -> Vec<u8> {
