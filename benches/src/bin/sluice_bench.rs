@@ -46,7 +46,7 @@ use clap::Parser;
 use sluice_bench::load::payload::RecordId;
 use sluice_bench::load::report::{Report, Setup};
 use sluice_bench::load::schedule::partitions_of;
-use sluice_bench::load::stats::{mb_per_sec, per_sec, ErrorCounts, Latency};
+use sluice_bench::load::stats::{mb_per_sec, per_sec, Latency};
 use sluice_bench::load::verify::{Checker, VerifyReport};
 use sluice_client::Client;
 use tokio::sync::watch;
@@ -234,34 +234,7 @@ async fn run(plan: Plan, params: serde_json::Value) -> Result<Report> {
         run_id: format!("{run_id:016x}"),
     };
     let mode = plan.mode;
-    let mut report = Report {
-        tool: "sluice-bench",
-        mode: mode.name().to_owned(),
-        machine: machine::describe(),
-        params,
-        setup,
-        msgs: 0,
-        bytes: 0,
-        secs: 0.0,
-        msgs_per_sec: 0.0,
-        mb_per_sec: 0.0,
-        p50_ms: None,
-        p90_ms: None,
-        p99_ms: None,
-        p999_ms: None,
-        max_ms: None,
-        mean_ms: None,
-        latency: None,
-        errors: 0,
-        errors_by_kind: ErrorCounts::default(),
-        warmup_msgs: 0,
-        capped: false,
-        stop: String::new(),
-        ack: None,
-        produced: None,
-        verify: None,
-        ok: false,
-    };
+    let mut report = Report::new(mode.name(), machine::describe(), params, setup);
     let result = match mode {
         Mode::Produce => produce_mode(plan, &admin, &offsets, run_id, &mut report).await,
         Mode::Consume => consume_mode(plan, &offsets, consumers, run_id, &mut report).await,

@@ -105,6 +105,38 @@ pub struct Report {
 }
 
 impl Report {
+    /// A report of a run not yet measured: zero counts, no latencies, not `ok`.
+    pub fn new(mode: &str, machine: Machine, params: serde_json::Value, setup: Setup) -> Report {
+        Report {
+            tool: "sluice-bench",
+            mode: mode.to_owned(),
+            machine,
+            params,
+            setup,
+            msgs: 0,
+            bytes: 0,
+            secs: 0.0,
+            msgs_per_sec: 0.0,
+            mb_per_sec: 0.0,
+            p50_ms: None,
+            p90_ms: None,
+            p99_ms: None,
+            p999_ms: None,
+            max_ms: None,
+            mean_ms: None,
+            latency: None,
+            errors: 0,
+            errors_by_kind: ErrorCounts::default(),
+            warmup_msgs: 0,
+            capped: false,
+            stop: String::new(),
+            ack: None,
+            produced: None,
+            verify: None,
+            ok: false,
+        }
+    }
+
     /// Sets the percentile fields from `summary`.
     pub fn set_latency(&mut self, what: &'static str, summary: Option<LatencySummary>) {
         self.latency = summary.map(|_| what);
@@ -333,52 +365,34 @@ mod tests {
     use crate::load::stats::Latency;
 
     fn report() -> Report {
-        Report {
-            tool: "sluice-bench",
-            mode: "produce".to_owned(),
-            machine: Machine {
-                hostname: "h".into(),
-                cpus: 2,
-                os: "linux".into(),
-                arch: "x86_64".into(),
-                kernel: "Linux version 6".into(),
-                timestamp: rfc3339_utc(0),
-                unix_secs: 0,
-            },
-            params: serde_json::json!({"count": 10}),
-            setup: Setup {
-                server: "127.0.0.1:7878".into(),
-                topic: "t".into(),
-                partitions: 8,
-                producers: 4,
-                consumers: 1,
-                size_bytes: 1024,
-                acks: "all".into(),
-                rate_per_sec: None,
-                run_id: "00".into(),
-            },
-            msgs: 10,
-            bytes: 10_240,
-            secs: 0.5,
-            msgs_per_sec: 20.0,
-            mb_per_sec: 0.02048,
-            p50_ms: None,
-            p90_ms: None,
-            p99_ms: None,
-            p999_ms: None,
-            max_ms: None,
-            mean_ms: None,
-            latency: None,
-            errors: 0,
-            errors_by_kind: ErrorCounts::default(),
-            warmup_msgs: 0,
-            capped: false,
-            stop: "count reached".into(),
-            ack: None,
-            produced: None,
-            verify: None,
-            ok: false,
-        }
+        let machine = Machine {
+            hostname: "h".into(),
+            cpus: 2,
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            kernel: "Linux version 6".into(),
+            timestamp: rfc3339_utc(0),
+            unix_secs: 0,
+        };
+        let setup = Setup {
+            server: "127.0.0.1:7878".into(),
+            topic: "t".into(),
+            partitions: 8,
+            producers: 4,
+            consumers: 1,
+            size_bytes: 1024,
+            acks: "all".into(),
+            rate_per_sec: None,
+            run_id: "00".into(),
+        };
+        let mut r = Report::new("produce", machine, serde_json::json!({"count": 10}), setup);
+        r.msgs = 10;
+        r.bytes = 10_240;
+        r.secs = 0.5;
+        r.msgs_per_sec = 20.0;
+        r.mb_per_sec = 0.02048;
+        r.stop = "count reached".into();
+        r
     }
 
     #[test]
