@@ -214,6 +214,28 @@ impl Cluster {
         panic!("no leader after 200 ticks (seed {})", self.seed);
     }
 
+    /// Proposes one batch of 5 records per token in `tokens` to `leader`, settling
+    /// after each.
+    fn propose_fives(&mut self, leader: u64, tokens: std::ops::Range<u64>, tag: &str) {
+        for i in tokens {
+            self.node(leader)
+                .replica
+                .handle_propose(i, batch(5, tag), Acks::All)
+                .unwrap();
+            self.settle();
+        }
+    }
+
+    /// Retention on `leader`: its log start moves past its first 10 batches of 5
+    /// records (offset 50) and those batches leave its log.
+    fn retain_from_50(&mut self, leader: u64) {
+        assert_eq!(self.node(leader).replica.compact_to(50), 50);
+        self.settle();
+        let node = self.node(leader);
+        node.log.drain(..10);
+        node.log_start = 50;
+    }
+
     fn restart(&mut self, id: u64) {
         let node = self.node(id);
         let state = node
@@ -402,21 +424,10 @@ fn a_follower_behind_retention_restarts_from_the_leaders_log_start() {
     let leader = c.elect();
     let lagging = (1..=3).find(|i| *i != leader).unwrap();
     c.isolated.insert(lagging);
-    for i in 0..20u64 {
-        c.node(leader)
-            .replica
-            .handle_propose(i, batch(5, "keep"), Acks::All)
-            .unwrap();
-        c.settle();
-    }
+    c.propose_fives(leader, 0..20, "keep");
     c.tick(2);
     // Retention on the leader: drop the first 10 batches (50 records).
-    let reached = c.node(leader).replica.compact_to(50);
-    assert_eq!(reached, 50);
-    c.settle();
-    let node = c.node(leader);
-    node.log.drain(..10);
-    node.log_start = 50;
+    c.retain_from_50(leader);
     c.isolated.clear();
     c.tick(30);
     let f = c.node(lagging);
@@ -436,19 +447,9 @@ fn a_lost_snapshot_message_is_sent_again() {
     let leader = c.elect();
     let lagging = (1..=3).find(|i| *i != leader).unwrap();
     c.isolated.insert(lagging);
-    for i in 0..20u64 {
-        c.node(leader)
-            .replica
-            .handle_propose(i, batch(5, "keep"), Acks::All)
-            .unwrap();
-        c.settle();
-    }
+    c.propose_fives(leader, 0..20, "keep");
     c.tick(2);
-    assert_eq!(c.node(leader).replica.compact_to(50), 50);
-    c.settle();
-    let node = c.node(leader);
-    node.log.drain(..10);
-    node.log_start = 50;
+    c.retain_from_50(leader);
     c.lose_snapshots = 2;
     c.isolated.clear();
     c.tick(60);
@@ -476,30 +477,14 @@ fn a_crash_in_the_middle_of_a_snapshot_install_loses_nothing() {
         let mut c = Cluster::new(4);
         let leader = c.elect();
         let lagging = (1..=3).find(|i| *i != leader).unwrap();
-        for i in 0..4u64 {
-            c.node(leader)
-                .replica
-                .handle_propose(i, batch(5, "seen"), Acks::All)
-                .unwrap();
-            c.settle();
-        }
+        c.propose_fives(leader, 0..4, "seen");
         c.tick(2);
         let acked = c.node(lagging).log.len();
         assert_eq!(acked, 4, "{at:?}: the follower has the first batches");
         c.isolated.insert(lagging);
-        for i in 4..20u64 {
-            c.node(leader)
-                .replica
-                .handle_propose(i, batch(5, "keep"), Acks::All)
-                .unwrap();
-            c.settle();
-        }
+        c.propose_fives(leader, 4..20, "keep");
         c.tick(2);
-        assert_eq!(c.node(leader).replica.compact_to(50), 50);
-        c.settle();
-        let node = c.node(leader);
-        node.log.drain(..10);
-        node.log_start = 50;
+        c.retain_from_50(leader);
         c.node(lagging).crash_on_reset = Some(at);
         c.isolated.clear();
         c.tick(5);
@@ -539,19 +524,9 @@ fn a_follower_that_installed_a_snapshot_can_campaign() {
         let leader = c.elect();
         let lagging = (1..=3).find(|i| *i != leader).unwrap();
         c.isolated.insert(lagging);
-        for i in 0..20u64 {
-            c.node(leader)
-                .replica
-                .handle_propose(i, batch(5, "keep"), Acks::All)
-                .unwrap();
-            c.settle();
-        }
+        c.propose_fives(leader, 0..20, "keep");
         c.tick(2);
-        assert_eq!(c.node(leader).replica.compact_to(50), 50);
-        c.settle();
-        let node = c.node(leader);
-        node.log.drain(..10);
-        node.log_start = 50;
+        c.retain_from_50(leader);
         c.node(lagging).slow_disk_from_snapshot = slow_disk;
         c.isolated.clear();
         for _ in 0..30 {
