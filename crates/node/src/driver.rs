@@ -393,7 +393,7 @@ impl Driver {
                 let _ = reply.send(out);
             }
             Request::Stats { reply } => {
-                let report = self.report().await;
+                let report = self.report();
                 let _ = reply.send(report);
             }
         }
@@ -421,33 +421,21 @@ impl Driver {
         }
     }
 
-    async fn report(&self) -> ShardReport {
+    fn report(&self) -> ShardReport {
         let mut partitions = Vec::with_capacity(self.counters.len());
         let tps: Vec<TopicPartition> = self.shard.partitions().cloned().collect();
         for tp in tps {
-            let hw = self
-                .shard
-                .list_offsets(&tp, OffsetQuery::Latest)
-                .await
-                .ok()
-                .flatten();
-            let start = self
-                .shard
-                .list_offsets(&tp, OffsetQuery::Earliest)
-                .await
-                .ok()
-                .flatten();
             let c = self.counters.get(&tp).copied().unwrap_or_default();
-            let raft = self.shard.partition_stats(&tp).unwrap_or_default();
+            let log = self.shard.partition_stats(&tp).unwrap_or_default();
             partitions.push(PartitionStats {
-                raft_term: raft.term,
-                is_leader: raft.is_leader,
-                log_end: raft.log_end,
                 tp,
-                high_watermark: hw.unwrap_or(0),
-                log_start: start.unwrap_or(0),
-                log_bytes: 0,
-                segments: 0,
+                high_watermark: log.high_watermark,
+                log_start: log.log_start,
+                log_end: log.log_end,
+                log_bytes: log.log_bytes,
+                segments: log.segments,
+                raft_term: log.term,
+                is_leader: log.is_leader,
                 produce_requests: c.produce_requests,
                 produce_bytes: c.produce_bytes,
                 fetch_requests: c.fetch_requests,

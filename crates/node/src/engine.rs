@@ -814,9 +814,8 @@ impl EngineHandle {
         lock(&self.inner.registry).get(name).cloned()
     }
 
-    /// Counters of every shard and partition. Asks every shard (a queue hop each),
-    /// then lists each partition's directory on the calling thread for its log
-    /// size: meant for a metrics scrape, not for a hot path.
+    /// Counters of every shard and partition. Asks every shard (a queue hop each):
+    /// meant for a metrics scrape, not for a hot path.
     pub async fn stats(&self) -> Result<EngineStats, RequestError> {
         let asks = (0..self.inner.queues.len())
             .map(|shard| self.inner.call(shard, |reply| Request::Stats { reply }));
@@ -827,9 +826,6 @@ impl EngineHandle {
             let r = r?;
             let mut partitions = r.partitions;
             partitions.sort_by(|a, b| a.tp.cmp(&b.tp));
-            for p in &mut partitions {
-                fill_log_size(&self.inner.data_dir, p);
-            }
             shards.push(ShardSnapshot {
                 shard,
                 cpu: self.inner.cpus.get(shard).copied().flatten(),
@@ -851,9 +847,7 @@ impl EngineHandle {
 
     /// The stats of the partitions of topic `name`, in partition order (empty for an
     /// unknown topic; a partition its shard does not hold is left out). Asks only the
-    /// shards that own them and lists only their directories (for `log_bytes` and
-    /// `segments`, as [`stats`](Self::stats) does), so describing one topic costs what
-    /// the topic costs, not what the whole node holds.
+    /// shards that own them.
     pub async fn topic_stats(&self, name: &str) -> Result<Vec<PartitionStats>, RequestError> {
         let Some(info) = self.topic(name) else {
             return Ok(Vec::new());
@@ -872,9 +866,6 @@ impl EngineHandle {
             partitions.extend(r?.partitions.into_iter().filter(|p| p.tp.topic == name));
         }
         partitions.sort_by_key(|p| p.tp.partition);
-        for p in &mut partitions {
-            fill_log_size(&self.inner.data_dir, p);
-        }
         Ok(partitions)
     }
 
@@ -944,24 +935,6 @@ fn unexpected(what: &str) -> RequestError {
     RequestError::Engine(EngineError::StorageFailed(format!(
         "unexpected reply kind to {what}"
     )))
-}
-
-/// Fills `log_bytes` and `segments` from the partition's directory listing.
-fn fill_log_size(data_dir: &Path, p: &mut PartitionStats) {
-    let dir = crate::topics::partition_dir(data_dir, &p.tp);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return;
-    };
-    let logs: BTreeSet<(String, u64)> = entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            name.ends_with(".log")
-                .then(|| (name, e.metadata().map_or(0, |m| m.len())))
-        })
-        .collect();
-    p.segments = logs.len() as u64;
-    p.log_bytes = logs.iter().map(|(_, len)| len).sum();
 }
 
 /// The handle crosses threads and tasks.

@@ -80,8 +80,8 @@ pub struct PartitionStats {
     pub high_watermark: u64,
     /// First offset still stored.
     pub log_start: u64,
-    /// Bytes of the partition's `.log` files (the data, not the preallocated
-    /// indexes), from a directory listing when the stats were taken.
+    /// Bytes of the partition's log segments (the data, not the preallocated
+    /// indexes), as the shard's log knows them.
     pub log_bytes: u64,
     /// Segments (`.log` files).
     pub segments: u64,
