@@ -39,13 +39,16 @@ pub use waiters::{Token, WaitLimits};
 /// partition's shard opens, so it is part of the on-disk contract: do not change it).
 pub fn shard_for(topic: &str, partition: u32, shards: usize) -> usize {
     assert!(shards > 0, "engine: no shards");
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in topic.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    let spread = h.wrapping_add(u64::from(partition));
+    let spread = fnv1a(topic.as_bytes()).wrapping_add(u64::from(partition));
     (spread % shards as u64) as usize
+}
+
+/// FNV-1a, 64 bit: the placement hash (part of the on-disk contract through
+/// [`shard_for`]) and the seed of each replica's election RNG.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

@@ -304,7 +304,8 @@ impl<P: StorageProvider> Shard<P> {
         let single = voters.len() == 1;
         let mut replica = ReplicaConfig::new(node, voters);
         replica.limits = config.limits;
-        replica.seed = node ^ u64::from(tp.partition).rotate_left(32) ^ fnv(&tp.topic);
+        replica.seed =
+            node ^ u64::from(tp.partition).rotate_left(32) ^ crate::fnv1a(tp.topic.as_bytes());
         let (mut rp, report) = ReplicatedPartition::open(storage, config, replica, now_ms).await?;
         if single {
             rp.campaign(now_ms).await?;
@@ -714,13 +715,6 @@ pub struct PartitionStats {
     pub high_watermark: u64,
     pub term: u64,
     pub is_leader: bool,
-}
-
-/// FNV-1a of a topic name (seeds each replica's election RNG differently).
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// Reads committed batches from `offset` (never past the high watermark).
