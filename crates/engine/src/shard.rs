@@ -395,7 +395,6 @@ impl<P: StorageProvider> Shard<P> {
         let mut tokens: Vec<Token> = std::mem::take(&mut p.acks).into_keys().collect();
         for r in ready {
             tokens.push(match r {
-                Ready::Acked(a) | Ready::AckTimedOut(a) => a.token,
                 Ready::Readable(f) | Ready::FetchExpired(f) => f.token,
             });
         }
@@ -695,10 +694,6 @@ impl<P: StorageProvider> Shard<P> {
                     };
                     self.note_fetch(&reply);
                     self.reply(f.token, reply);
-                }
-                // Produce acknowledgements come from the replica, not the waiters.
-                Ready::Acked(a) | Ready::AckTimedOut(a) => {
-                    self.reply(a.token, Reply::Failed(EngineError::TimedOut));
                 }
             }
         }

@@ -454,3 +454,38 @@ fn shards_on_three_nodes_replicate_with_messages_batched_per_peer() {
         assert_eq!(*base_offset, (t % 100) * 2);
     }
 }
+
+#[test]
+fn producers_past_the_acks_limit_are_refused_before_anything_is_appended() {
+    let mem = Mem::default();
+    let config = ShardConfig {
+        wait_limits: sluice_engine::WaitLimits {
+            acks_max: 2,
+            fetches_max: 16,
+        },
+        ..ShardConfig::default()
+    };
+    let mut shard = Shard::new(mem, config);
+    block_on(shard.open_partition(tp(0), LogConfig::default(), 0)).unwrap();
+    for t in 1..=3u64 {
+        block_on(shard.produce(0, t, &tp(0), batch(&["v"], 1), AckPolicy::All, 10_000));
+    }
+    assert!(matches!(
+        replies(&mut shard).as_slice(),
+        [(3, Reply::Failed(EngineError::TooManyWaiting(_)))]
+    ));
+    block_on(shard.flush(0));
+    let mut acked: Vec<(u64, u64)> = replies(&mut shard)
+        .into_iter()
+        .map(|(t, r)| match r {
+            Reply::Produced { base_offset, .. } => (t, base_offset),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    acked.sort();
+    assert_eq!(
+        acked,
+        vec![(1, 0), (2, 1)],
+        "the refused batch took no offset"
+    );
+}
