@@ -1,17 +1,17 @@
 //! The Sluice engine core: what one shard does with the partitions it owns.
 //!
 //! Pure in the DESIGN §2.1 sense: no runtime, socket, clock or real file. A
-//! [`Shard`] holds partition logs (over any [`sluice_storage::Storage`]), the
-//! per-partition [`waiters::Waiters`] (high watermark, producers waiting for
-//! durability, long-polling fetches) and a queue of replies keyed by the driver's
-//! tokens. The glommio driver (one pinned executor per core) feeds it requests from
-//! bounded channels, calls `flush` once per cycle (group commit) and `tick` for
-//! deadlines, and sends the replies back; tests drive it with `pollster` over
-//! `MemFs`. [`shard_for`] is the stable placement of partitions on shards.
+//! [`Shard`] holds one [`ReplicatedPartition`] per partition (a Raft replica over its
+//! log, over any [`sluice_storage::Storage`]), the per-partition [`waiters::Waiters`]
+//! (high watermark, long-polling fetches), the deadlines of produces awaiting their
+//! replica's answer, and a queue of replies keyed by the driver's tokens. The glommio
+//! driver (one pinned executor per core) feeds it requests from bounded channels,
+//! calls `flush` once per cycle (group commit) and `tick` for deadlines, and sends the
+//! replies back; tests drive it with `pollster` over `MemFs`. [`shard_for`] is the
+//! stable placement of partitions on shards.
 //!
-//! Replication slots in behind `flush`: today the high watermark is the local
-//! durable end; with Raft it becomes the commit index, through the same
-//! `Waiters::advance`.
+//! The high watermark is the replica's commit: on a single node (one voter) the local
+//! fsync commits; with peers, a quorum's.
 #![cfg_attr(
     not(test),
     deny(
