@@ -6,9 +6,9 @@
 use sluice_engine::{AckPolicy, EngineError, OffsetQuery, TopicPartition};
 use sluice_node::{EngineHandle, RequestError, TopicConfig as NodeTopicConfig, TopicError};
 use sluice_proto::wire::{
-    Acks, BrokerInfo, ClusterInfo, ErrorBody, ErrorCode, FetchOk, MetadataOk, OffsetOk, OffsetSpec,
-    PartitionDescription, PartitionMetadata, ProduceOk, Request, RequestHeader, Response,
-    TopicConfig, TopicDescription, TopicMetadata, TopicSummary,
+    Acks, BrokerInfo, ClusterInfo, ClusterStatus, ErrorBody, ErrorCode, FetchOk, MetadataOk,
+    NodeStatus, OffsetOk, OffsetSpec, PartitionDescription, PartitionMetadata, ProduceOk, Request,
+    RequestHeader, Response, TopicConfig, TopicDescription, TopicMetadata, TopicSummary,
 };
 
 /// This node's identity as clients see it.
@@ -144,6 +144,32 @@ impl BrokerService {
                 };
                 (Response::ListOffsets(r), vec![])
             }
+            Request::CreateTopicReplicated {
+                name,
+                partitions,
+                replication_factor,
+                config,
+            } => {
+                if replication_factor.is_some_and(|rf| rf != 1) {
+                    let e = ErrorBody::new(
+                        ErrorCode::InvalidConfig,
+                        "a single-node broker keeps one replica per partition",
+                    );
+                    return (Response::CreateTopic(Err(e)), vec![]);
+                }
+                let r = self
+                    .engine
+                    .create_topic(&name, partitions, node_config(config))
+                    .await
+                    .map(|()| TopicSummary { name, partitions })
+                    .map_err(topic_error);
+                (Response::CreateTopic(r), vec![])
+            }
+            Request::ClusterStatus => (Response::ClusterStatus(Ok(self.status())), vec![]),
+            Request::InitProducer => {
+                let e = ErrorBody::new(ErrorCode::InvalidRequest, "not yet");
+                (Response::InitProducer(Err(e)), vec![])
+            }
             Request::DescribeCluster => {
                 let topics = self.engine.topics();
                 let info = ClusterInfo {
@@ -156,6 +182,28 @@ impl BrokerService {
                 };
                 (Response::DescribeCluster(Ok(info)), vec![])
             }
+        }
+    }
+
+    fn status(&self) -> ClusterStatus {
+        let topics = self.engine.topics();
+        let partitions: u32 = topics.iter().map(|t| t.partitions).sum();
+        ClusterStatus {
+            cluster_id: self.me.cluster_id.clone(),
+            node_id: self.me.node_id,
+            controller: Some(self.me.node_id),
+            nodes: vec![NodeStatus {
+                node_id: self.me.node_id,
+                addr: self.me.addr.clone(),
+                peer_addr: String::new(),
+                alive: true,
+                last_heard_ms: None,
+                leaders: partitions,
+                replicas: partitions,
+            }],
+            topics: u32::try_from(topics.len()).unwrap_or(u32::MAX),
+            partitions,
+            leaderless: 0,
         }
     }
 

@@ -240,6 +240,9 @@ pub enum ErrorDetail {
     OffsetOutOfRange { log_start: u64, log_end: u64 },
     /// 4: with `CorruptBatch`. The batch error's 1xx code (`BatchError::code`).
     Batch { code: u16 },
+    /// `DuplicateSequence`: the batch was already appended, at these offsets (a retry
+    /// of a write that did land). The producer treats it as its acknowledgement.
+    Duplicate { base_offset: u64, last_offset: u64 },
 }
 
 /// The error part of a response.

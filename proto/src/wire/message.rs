@@ -123,6 +123,19 @@ pub enum Request {
     },
     /// 8
     DescribeCluster,
+    /// 9: asks for a new idempotent producer id (answered `Response::InitProducer`).
+    InitProducer,
+    /// 10: `CreateTopic` with a replication factor (`None`: the cluster default, 3 when
+    /// it has 3 or more nodes). Answered `Response::CreateTopic`.
+    CreateTopicReplicated {
+        name: String,
+        partitions: u32,
+        replication_factor: Option<u32>,
+        config: TopicConfig,
+    },
+    /// 11: every node with its liveness, as the answering node sees it (answered
+    /// `Response::ClusterStatus`).
+    ClusterStatus,
 }
 
 /// A request's kind, for routing, logs and metric labels.
@@ -137,10 +150,12 @@ pub enum RequestKind {
     Fetch,
     ListOffsets,
     DescribeCluster,
+    InitProducer,
+    ClusterStatus,
 }
 
 impl RequestKind {
-    pub const ALL: [RequestKind; 9] = [
+    pub const ALL: [RequestKind; 11] = [
         RequestKind::Metadata,
         RequestKind::CreateTopic,
         RequestKind::DeleteTopic,
@@ -150,6 +165,8 @@ impl RequestKind {
         RequestKind::Fetch,
         RequestKind::ListOffsets,
         RequestKind::DescribeCluster,
+        RequestKind::InitProducer,
+        RequestKind::ClusterStatus,
     ];
 
     /// snake_case name, e.g. `"list_offsets"` (a metric label value).
@@ -164,6 +181,8 @@ impl RequestKind {
             RequestKind::Fetch => "fetch",
             RequestKind::ListOffsets => "list_offsets",
             RequestKind::DescribeCluster => "describe_cluster",
+            RequestKind::InitProducer => "init_producer",
+            RequestKind::ClusterStatus => "cluster_status",
         }
     }
 
@@ -186,6 +205,9 @@ impl Request {
             Request::Fetch { .. } => RequestKind::Fetch,
             Request::ListOffsets { .. } => RequestKind::ListOffsets,
             Request::DescribeCluster => RequestKind::DescribeCluster,
+            Request::InitProducer => RequestKind::InitProducer,
+            Request::CreateTopicReplicated { .. } => RequestKind::CreateTopic,
+            Request::ClusterStatus => RequestKind::ClusterStatus,
         }
     }
 
@@ -300,6 +322,49 @@ pub struct ClusterInfo {
 /// A response. Position `k + 1` answers request position `k`; position 0 is for a request
 /// that was refused before dispatch (undecodable, unsupported version, too large, throttled,
 /// shutting down, too many in flight), whatever its kind.
+/// A new idempotent producer: stamp `producer_id` and `producer_epoch` on every batch,
+/// with per-partition base sequences from 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct ProducerIdOk {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+}
+
+/// One node of the cluster as the answering node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct NodeStatus {
+    pub node_id: u32,
+    /// Client address (host:port).
+    pub addr: String,
+    /// Peer-link address (host:port).
+    pub peer_addr: String,
+    /// The answering node itself, or a peer it heard from recently.
+    pub alive: bool,
+    /// Milliseconds since the answering node last heard from it (`None`: never, or
+    /// itself).
+    pub last_heard_ms: Option<u64>,
+    /// Partitions (controller included) this node leads, as far as the answering node
+    /// knows (it knows the partitions it hosts).
+    pub leaders: u32,
+    /// Partition replicas assigned to this node.
+    pub replicas: u32,
+}
+
+/// `ClusterStatus`: the nodes with their liveness and load.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ClusterStatus {
+    pub cluster_id: String,
+    /// The answering node.
+    pub node_id: u32,
+    /// The controller group's leader, if known.
+    pub controller: Option<u32>,
+    pub nodes: Vec<NodeStatus>,
+    pub topics: u32,
+    pub partitions: u32,
+    /// Partitions this node hosts whose group has no known leader.
+    pub leaderless: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum Response {
     /// 0
@@ -322,6 +387,8 @@ pub enum Response {
     ListOffsets(Result<OffsetOk, ErrorBody>),
     /// 9
     DescribeCluster(Result<ClusterInfo, ErrorBody>),
+    InitProducer(Result<ProducerIdOk, ErrorBody>),
+    ClusterStatus(Result<ClusterStatus, ErrorBody>),
 }
 
 impl Response {
@@ -338,6 +405,8 @@ impl Response {
             Response::Fetch(_) => RequestKind::Fetch,
             Response::ListOffsets(_) => RequestKind::ListOffsets,
             Response::DescribeCluster(_) => RequestKind::DescribeCluster,
+            Response::InitProducer(_) => RequestKind::InitProducer,
+            Response::ClusterStatus(_) => RequestKind::ClusterStatus,
         })
     }
 
@@ -355,6 +424,8 @@ impl Response {
             Response::Fetch(r) => r.as_ref().err(),
             Response::ListOffsets(r) => r.as_ref().err(),
             Response::DescribeCluster(r) => r.as_ref().err(),
+            Response::InitProducer(r) => r.as_ref().err(),
+            Response::ClusterStatus(r) => r.as_ref().err(),
         }
     }
 
@@ -370,6 +441,8 @@ impl Response {
             RequestKind::Fetch => Response::Fetch(Err(error)),
             RequestKind::ListOffsets => Response::ListOffsets(Err(error)),
             RequestKind::DescribeCluster => Response::DescribeCluster(Err(error)),
+            RequestKind::InitProducer => Response::InitProducer(Err(error)),
+            RequestKind::ClusterStatus => Response::ClusterStatus(Err(error)),
         }
     }
 

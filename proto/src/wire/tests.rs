@@ -255,6 +255,17 @@ fn variant_positions_are_pinned() {
             format!("07000000 {name} 00000000 02000000 feffffffffffffff"),
         ),
         (Request::DescribeCluster, "08000000".to_owned()),
+        (Request::InitProducer, "09000000".to_owned()),
+        (
+            Request::CreateTopicReplicated {
+                name: t(),
+                partitions: 2,
+                replication_factor: Some(3),
+                config: TopicConfig::default(),
+            },
+            format!("0a000000 {name} 02000000 01 03000000 00 00 00"),
+        ),
+        (Request::ClusterStatus, "0b000000".to_owned()),
     ];
     for (request, want) in &requests {
         assert_eq!(
@@ -302,6 +313,13 @@ fn variant_positions_are_pinned() {
             "03000000 0100000000000000 0200000000000000",
         ),
         (ErrorDetail::Batch { code: 103 }, "04000000 6700"),
+        (
+            ErrorDetail::Duplicate {
+                base_offset: 1,
+                last_offset: 2,
+            },
+            "05000000 0100000000000000 0200000000000000",
+        ),
     ];
     for (detail, want) in details {
         let body = e(detail);
@@ -419,6 +437,38 @@ fn variant_positions_are_pinned() {
             })),
             "09000000 00000000 0100000000000000 63 01000000 01 01000000 \
              0000000000000000 02000000 03000000"
+                .to_owned(),
+        ),
+        (Response::InitProducer(err()), format!("0a000000 {err_hex}")),
+        (
+            Response::InitProducer(Ok(ProducerIdOk {
+                producer_id: 5,
+                producer_epoch: 1,
+            })),
+            "0a000000 00000000 0500000000000000 0100".to_owned(),
+        ),
+        (Response::ClusterStatus(err()), format!("0b000000 {err_hex}")),
+        (
+            Response::ClusterStatus(Ok(ClusterStatus {
+                cluster_id: "c".to_owned(),
+                node_id: 1,
+                controller: None,
+                nodes: vec![NodeStatus {
+                    node_id: 2,
+                    addr: "a".to_owned(),
+                    peer_addr: "p".to_owned(),
+                    alive: true,
+                    last_heard_ms: Some(7),
+                    leaders: 3,
+                    replicas: 4,
+                }],
+                topics: 5,
+                partitions: 6,
+                leaderless: 0,
+            })),
+            "0b000000 00000000 0100000000000000 63 01000000 00 0100000000000000 \
+             02000000 0100000000000000 61 0100000000000000 70 01 01 0700000000000000 \
+             03000000 04000000 05000000 06000000 00000000"
                 .to_owned(),
         ),
     ];
@@ -719,13 +769,13 @@ fn v1_header(request_id: u64) -> Vec<u8> {
 #[test]
 fn an_unknown_request_kind_is_a_bad_header() {
     let mut header = v1_header(5);
-    header.extend_from_slice(&9u32.to_le_bytes()); // no request kind 9 (yet)
+    header.extend_from_slice(&12u32.to_le_bytes()); // no request kind 12 (yet)
     let frame = raw_frame(&header);
     let e = decode_request(&frame, &LIMITS).unwrap_err();
     assert_eq!(
         e,
         FrameError::BadHeader {
-            reason: "unknown variant 9 of Request".to_owned()
+            reason: "unknown variant 12 of Request".to_owned()
         }
     );
     assert_eq!(e.to_error_body().code, ErrorCode::InvalidRequest);
@@ -1351,6 +1401,22 @@ fn request() -> impl Strategy<Value = Request> {
                 spec
             }),
         Just(Request::DescribeCluster),
+        Just(Request::InitProducer),
+        (
+            name(),
+            1u32..=LIMITS.partitions_max,
+            proptest::option::of(1u32..=LIMITS.nodes_max),
+            topic_config()
+        )
+            .prop_map(
+                |(name, partitions, replication_factor, config)| Request::CreateTopicReplicated {
+                    name,
+                    partitions,
+                    replication_factor,
+                    config,
+                }
+            ),
+        Just(Request::ClusterStatus),
     ]
 }
 
@@ -1369,6 +1435,10 @@ fn error_body() -> impl Strategy<Value = ErrorBody> {
             log_end: a.max(b)
         }),
         (100u16..=199).prop_map(|code| ErrorDetail::Batch { code }),
+        ordered().prop_map(|(base_offset, last_offset)| ErrorDetail::Duplicate {
+            base_offset,
+            last_offset
+        }),
     ];
     (
         proptest::sample::select(ErrorCode::ALL.to_vec()),
@@ -1463,6 +1533,48 @@ fn response() -> impl Strategy<Value = (Response, Vec<u8>)> {
                 partitions,
             },
         );
+    let node = (
+        any::<u32>(),
+        text(),
+        text(),
+        any::<bool>(),
+        any::<Option<u64>>(),
+        any::<u32>(),
+        any::<u32>(),
+    )
+        .prop_map(
+            |(node_id, addr, peer_addr, alive, last_heard_ms, leaders, replicas)| NodeStatus {
+                node_id,
+                addr,
+                peer_addr,
+                alive,
+                last_heard_ms,
+                leaders,
+                replicas,
+            },
+        );
+    let status = (
+        text(),
+        any::<u32>(),
+        any::<Option<u32>>(),
+        vec(node, 0..4),
+        any::<u32>(),
+        any::<u32>(),
+        any::<u32>(),
+    )
+        .prop_map(
+            |(cluster_id, node_id, controller, nodes, topics, partitions, leaderless)| {
+                ClusterStatus {
+                    cluster_id,
+                    node_id,
+                    controller,
+                    nodes,
+                    topics,
+                    partitions,
+                    leaderless,
+                }
+            },
+        );
     let fetch_ok = (ordered(), any::<u64>(), 0u32..4, vec(any::<u8>(), 0..64)).prop_map(
         |((log_start, high_watermark), next_offset, batches, extra)| {
             let mut payload = Vec::new();
@@ -1507,6 +1619,16 @@ fn response() -> impl Strategy<Value = (Response, Vec<u8>)> {
         )
         .prop_map(Response::ListOffsets),
         result(cluster).prop_map(Response::DescribeCluster),
+        result(
+            (0i64..=i64::MAX, 0i16..=i16::MAX).prop_map(|(producer_id, producer_epoch)| {
+                ProducerIdOk {
+                    producer_id,
+                    producer_epoch,
+                }
+            })
+        )
+        .prop_map(Response::InitProducer),
+        result(status).prop_map(Response::ClusterStatus),
     ];
     prop_oneof![no_payload.prop_map(|r| (r, Vec::new())), fetch_ok]
 }

@@ -73,7 +73,19 @@ pub(super) fn request(r: &Request, limits: &FrameLimits) -> Result<(), FrameErro
         }
         Request::CreateTopic {
             name, partitions, ..
+        }
+        | Request::CreateTopicReplicated {
+            name, partitions, ..
         } => {
+            if let Request::CreateTopicReplicated {
+                replication_factor: Some(rf),
+                ..
+            } = r
+            {
+                if *rf == 0 || *rf > limits.nodes_max {
+                    return Err(invalid("replication_factor not in 1..=nodes_max"));
+                }
+            }
             validate_topic_name(name, limits)?;
             if *partitions == 0 || *partitions > limits.partitions_max {
                 return Err(invalid("partitions not in 1..=partitions_max"));
@@ -82,7 +94,10 @@ pub(super) fn request(r: &Request, limits: &FrameLimits) -> Result<(), FrameErro
         Request::DeleteTopic { name } | Request::DescribeTopic { name } => {
             validate_topic_name(name, limits)?;
         }
-        Request::ListTopics | Request::DescribeCluster => {}
+        Request::ListTopics
+        | Request::DescribeCluster
+        | Request::InitProducer
+        | Request::ClusterStatus => {}
         Request::Produce {
             topic,
             partition: p,
@@ -140,6 +155,14 @@ fn error_body(e: &ErrorBody, limits: &FrameLimits) -> Result<(), FrameError> {
         ErrorDetail::Batch { code } => {
             if !(100..=199).contains(code) {
                 return Err(invalid("batch error code outside 100..=199"));
+            }
+        }
+        ErrorDetail::Duplicate {
+            base_offset,
+            last_offset,
+        } => {
+            if base_offset > last_offset {
+                return Err(invalid("duplicate with base_offset above last_offset"));
             }
         }
     }
@@ -263,6 +286,22 @@ pub(super) fn response(r: &Response, limits: &FrameLimits) -> Result<(), FrameEr
         Response::DescribeCluster(r) => result(r, limits, |c| {
             string(&c.cluster_id, limits)?;
             brokers(&c.brokers, limits)
+        }),
+        Response::InitProducer(r) => result(r, limits, |ok| {
+            if ok.producer_id < 0 || ok.producer_epoch < 0 {
+                return Err(invalid("negative producer id or epoch"));
+            }
+            Ok(())
+        }),
+        Response::ClusterStatus(r) => result(r, limits, |c| {
+            string(&c.cluster_id, limits)?;
+            if over(c.nodes.len(), limits.nodes_max) {
+                return Err(invalid("more nodes than nodes_max"));
+            }
+            c.nodes.iter().try_for_each(|n| {
+                string(&n.addr, limits)?;
+                string(&n.peer_addr, limits)
+            })
         }),
     }
 }

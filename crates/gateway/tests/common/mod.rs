@@ -163,6 +163,10 @@ impl FakeBroker {
                 topics: 0,
                 partitions: 0,
             }))),
+            other => Reply::new(Response::failed(
+                other.kind(),
+                ErrorBody::new(ErrorCode::InvalidRequest, "the fake broker does not do that"),
+            )),
         }
     }
 }
