@@ -12,6 +12,10 @@
 //!
 //! The high watermark is the replica's commit: on a single node (one voter) the local
 //! fsync commits; with peers, a quorum's.
+//!
+//! Each partition keeps an idempotent-producer table ([`producers`]) derived from its
+//! log's batch headers; `Shard::produce` checks a batch's producer id, epoch and
+//! sequence against it before proposing (duplicates and gaps are refused, definite).
 #![cfg_attr(
     not(test),
     deny(
@@ -22,6 +26,8 @@
     )
 )]
 
+pub mod producers;
+pub mod raft_frame;
 pub mod replicated;
 pub mod shard;
 pub mod waiters;

@@ -11,6 +11,11 @@
 //! leaves the partition unusable: the owner treats it as a crash of that replica and
 //! reopens it, and recovery plus Raft repair what the crash left.
 //!
+//! It also keeps the partition's idempotent-producer table ([`crate::producers`]) in
+//! step with the log: every batch it appends is recorded, a suffix cut rebuilds the
+//! table from the batch headers left, a log reset empties it. The leader checks a
+//! produced batch against it ([`ReplicatedPartition::check_sequence`]) before proposing.
+//!
 //! [`sync`]: ReplicatedPartition::sync
 
 use bytes::Bytes;
@@ -21,6 +26,7 @@ use sluice_replica::{
 };
 use sluice_storage::{Batches, LogConfig, PartitionLog, RecoveryReport, Storage};
 
+use crate::producers::{ProducerTable, SequenceCheck};
 use crate::shard::EngineError;
 
 /// The file beside the segments that holds the replica's Raft state.
@@ -39,6 +45,8 @@ pub struct ReplicatedPartition<S: Storage> {
     replies: Vec<ProduceReply>,
     sync_wanted: Option<u64>,
     failed: Option<String>,
+    /// The idempotent-producer table of the local log.
+    producers: ProducerTable,
 }
 
 impl<S: Storage> ReplicatedPartition<S> {
@@ -65,10 +73,9 @@ impl<S: Storage> ReplicatedPartition<S> {
             ),
             None => None,
         };
-        let headers: Vec<StoredBatch> = log
-            .batch_headers()
-            .await
-            .map_err(EngineError::from_log)?
+        let all = log.batch_headers().await.map_err(EngineError::from_log)?;
+        let producers = ProducerTable::from_headers(&all);
+        let headers: Vec<StoredBatch> = all
             .into_iter()
             .map(|h| StoredBatch {
                 base_offset: h.base_offset,
@@ -87,6 +94,7 @@ impl<S: Storage> ReplicatedPartition<S> {
             replies: Vec::new(),
             sync_wanted: None,
             failed: None,
+            producers,
         };
         p.run(now_ms).await?;
         // `retain_from` writes the replica's new log start before it cuts the log: a
@@ -109,6 +117,66 @@ impl<S: Storage> ReplicatedPartition<S> {
     /// The partition log.
     pub fn log(&self) -> &PartitionLog<S> {
         &self.log
+    }
+
+    /// The idempotent-producer table of the local log.
+    pub fn producers(&self) -> &ProducerTable {
+        &self.producers
+    }
+
+    /// The idempotent-producer check of a produced batch, on the leader, before it is
+    /// proposed (`Ok`: propose it). A batch appended already is answered
+    /// `DuplicateSequence` with its offsets once it is as durable as `acks` asks
+    /// (committed for `All`, in the local durable log for `Leader`, appended for `None`)
+    /// and `TimedOut` before that (indeterminate: the producer retries and then gets the
+    /// duplicate answer, or, if the entry is cut, a fresh append). A sequence older than
+    /// the table remembers is `DuplicateSequence` without offsets; a gap or an older
+    /// epoch is `OutOfOrderSequence`. All of these but `TimedOut` are definite: nothing
+    /// was appended for this request. On a replica that does not lead, every batch
+    /// passes (the proposal is refused as `NotLeader`).
+    ///
+    /// Appends happen inside [`propose`](Self::propose) (the leader writes its entry in
+    /// the same call), so a batch checked after another was proposed sees it.
+    pub fn check_sequence(&self, header: &BatchHeader, acks: Acks) -> Result<(), EngineError> {
+        if !self.replica.status().is_leader {
+            return Ok(());
+        }
+        match self.producers.check(header) {
+            SequenceCheck::Accept => Ok(()),
+            SequenceCheck::Malformed(reason) => Err(EngineError::InvalidBatch(
+                sluice_proto::BatchError::Malformed { reason },
+            )),
+            SequenceCheck::Duplicate(b) => {
+                let acked_below = match acks {
+                    Acks::All => self.replica.high_watermark(),
+                    Acks::Leader => self.replica.high_watermark().max(self.log.durable_end()),
+                    Acks::None => self.log.next_offset(),
+                };
+                if b.last_offset < acked_below {
+                    Err(EngineError::DuplicateSequence {
+                        base_offset: Some(b.base_offset),
+                        last_offset: Some(b.last_offset),
+                    })
+                } else {
+                    Err(EngineError::TimedOut)
+                }
+            }
+            SequenceCheck::Stale => Err(EngineError::DuplicateSequence {
+                base_offset: None,
+                last_offset: None,
+            }),
+            SequenceCheck::OutOfOrder { expected, got } => Err(EngineError::OutOfOrderSequence {
+                producer_id: header.producer_id,
+                epoch: header.producer_epoch,
+                expected,
+                got,
+            }),
+            SequenceCheck::Fenced { current, got } => Err(EngineError::ProducerFenced {
+                producer_id: header.producer_id,
+                current,
+                got,
+            }),
+        }
     }
 
     /// Why the partition stopped, if it did.
@@ -279,9 +347,9 @@ impl<S: Storage> ReplicatedPartition<S> {
         match w {
             Write::Append { batches } => {
                 for b in batches {
-                    let want = BatchHeader::parse(&b, &self.limits)
-                        .map_err(EngineError::InvalidBatch)?
-                        .base_offset;
+                    let header =
+                        BatchHeader::parse(&b, &self.limits).map_err(EngineError::InvalidBatch)?;
+                    let want = header.base_offset;
                     let mut bytes = b.to_vec();
                     let at = self
                         .log
@@ -294,6 +362,7 @@ impl<S: Storage> ReplicatedPartition<S> {
                             at.base_offset
                         )));
                     }
+                    self.producers.appended(&header);
                 }
             }
             Write::TruncateSuffix { offset } => {
@@ -301,6 +370,14 @@ impl<S: Storage> ReplicatedPartition<S> {
                     .truncate_suffix(offset)
                     .await
                     .map_err(EngineError::from_log)?;
+                let headers = self
+                    .log
+                    .batch_headers()
+                    .await
+                    .map_err(EngineError::from_log)?;
+                self.producers = self
+                    .producers
+                    .rebuilt(&headers, self.log.log_start_offset());
             }
             Write::SaveState { state } => {
                 self.log
@@ -322,6 +399,7 @@ impl<S: Storage> ReplicatedPartition<S> {
                         .await
                         .map_err(EngineError::from_log)?;
                 }
+                self.producers.clear();
             }
         }
         Ok(())

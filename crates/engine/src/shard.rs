@@ -112,6 +112,35 @@ pub enum EngineError {
     InvalidConfig(&'static str),
     #[error("corruption: {0}")]
     Corruption(String),
+    /// The idempotent producer's batch was appended already (by an earlier attempt) and
+    /// is as durable as the request asks: nothing was appended now. The offsets are the
+    /// batch's, when the producer table still remembers it (`None`: a sequence older
+    /// than the batches remembered). Definite.
+    #[error("duplicate sequence (already appended at {base_offset:?}..={last_offset:?})")]
+    DuplicateSequence {
+        base_offset: Option<u64>,
+        last_offset: Option<u64>,
+    },
+    /// The idempotent producer's batch does not continue its sequence (a gap, or an
+    /// overlap with what was appended, or a new epoch not starting at 0). Definite.
+    #[error(
+        "out-of-order sequence from producer {producer_id} epoch {epoch}: \
+         expected {expected}, got {got}"
+    )]
+    OutOfOrderSequence {
+        producer_id: i64,
+        epoch: i16,
+        expected: i32,
+        got: i32,
+    },
+    /// The idempotent producer's batch carries an older epoch than the producer's
+    /// current one on this partition. Definite.
+    #[error("producer {producer_id} fenced: epoch {got} is older than {current}")]
+    ProducerFenced {
+        producer_id: i64,
+        current: i16,
+        got: i16,
+    },
 }
 
 impl EngineError {
@@ -245,7 +274,35 @@ impl<P: StorageProvider> Shard<P> {
             high_watermark: p.waiters.high_watermark(),
             term: status.term,
             is_leader: status.is_leader,
+            leader: status.leader,
         })
+    }
+
+    /// Every partition with its Raft leader (if known) and term.
+    pub fn leaders(&self) -> impl Iterator<Item = (&TopicPartition, Option<u64>, u64)> {
+        self.partitions.iter().map(|(tp, p)| {
+            let s = p.rp.replica().status();
+            (tp, s.leader, s.term)
+        })
+    }
+
+    /// Whether any partition here has peers (a group of more than one voter): then the
+    /// driver must tick [`Shard::raft_tick`] at a steady cadence.
+    pub fn has_peers(&self) -> bool {
+        self.partitions
+            .values()
+            .any(|p| p.rp.replica().voter_count() > 1)
+    }
+
+    /// Starts an election for `tp` now (e.g. its preferred leader on a fresh group).
+    pub async fn campaign(&mut self, tp: &TopicPartition, now_ms: i64) -> Result<(), EngineError> {
+        let p = self
+            .partitions
+            .get_mut(tp)
+            .ok_or_else(|| EngineError::UnknownPartition(tp.clone()))?;
+        let r = p.rp.campaign(now_ms).await;
+        self.collect(tp).await;
+        r
     }
 
     /// The next reply to hand back, if any.
@@ -440,10 +497,13 @@ impl<P: StorageProvider> Shard<P> {
             return;
         }
         let limits = p.rp.log().config().limits;
-        if let Err(e) = BatchView::parse(&batch, &limits) {
-            self.reply(token, Reply::Failed(EngineError::InvalidBatch(e)));
-            return;
-        }
+        let header = match BatchView::parse(&batch, &limits) {
+            Ok(view) => *view.header(),
+            Err(e) => {
+                self.reply(token, Reply::Failed(EngineError::InvalidBatch(e)));
+                return;
+            }
+        };
         if let Some(reason) = p.rp.log().poisoned() {
             let err = EngineError::StorageFailed(reason.to_string());
             self.reply(token, Reply::Failed(err));
@@ -455,6 +515,12 @@ impl<P: StorageProvider> Shard<P> {
             AckPolicy::Leader => Acks::Leader,
             AckPolicy::All => Acks::All,
         };
+        // The idempotent producer's sequence check (`producers.rs`): a duplicate or an
+        // out-of-order batch is refused before proposing.
+        if let Err(e) = p.rp.check_sequence(&header, policy) {
+            self.reply(token, Reply::Failed(e));
+            return;
+        }
         let deadline = now_ms.saturating_add(i64::from(timeout_ms));
         p.acks.insert(token, deadline);
         match p.rp.propose(token, batch, policy, now_ms).await {
@@ -524,6 +590,37 @@ impl<P: StorageProvider> Shard<P> {
         max_bytes: u32,
         max_wait_ms: u32,
     ) {
+        self.fetch_from(now_ms, token, tp, offset, max_bytes, max_wait_ms, true)
+            .await;
+    }
+
+    /// [`Shard::fetch`] from this replica whatever its role: committed batches as far as
+    /// this replica knows the commit (a follower's high watermark may lag the
+    /// leader's). For the node's own readers (the controller log), not for clients.
+    pub async fn fetch_local(
+        &mut self,
+        now_ms: i64,
+        token: Token,
+        tp: &TopicPartition,
+        offset: u64,
+        max_bytes: u32,
+        max_wait_ms: u32,
+    ) {
+        self.fetch_from(now_ms, token, tp, offset, max_bytes, max_wait_ms, false)
+            .await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_from(
+        &mut self,
+        now_ms: i64,
+        token: Token,
+        tp: &TopicPartition,
+        offset: u64,
+        max_bytes: u32,
+        max_wait_ms: u32,
+        leader_only: bool,
+    ) {
         self.stats.fetch_requests += 1;
         let Some(p) = self.partitions.get_mut(tp) else {
             self.reply(
@@ -532,7 +629,7 @@ impl<P: StorageProvider> Shard<P> {
             );
             return;
         };
-        if !p.rp.replica().is_ready_leader() {
+        if leader_only && !p.rp.replica().is_ready_leader() {
             self.reply(token, Reply::Failed(EngineError::NotLeader(tp.clone())));
             return;
         }
@@ -649,8 +746,19 @@ impl<P: StorageProvider> Shard<P> {
         deleted
     }
 
-    /// Answers deadlines that passed, ticks the replicas, and applies retention when
-    /// it is due.
+    /// One Raft tick of every replica (heartbeats, election timeouts): the driver calls
+    /// it at a steady cadence, `raft_tick_ms`, whatever else happens.
+    pub async fn raft_tick(&mut self, now_ms: i64) {
+        let tps: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
+        for tp in tps {
+            if let Some(p) = self.partitions.get_mut(&tp) {
+                let _ = p.rp.tick(now_ms).await;
+            }
+            self.collect(&tp).await;
+        }
+    }
+
+    /// Answers deadlines that passed and applies retention when it is due.
     pub async fn tick(&mut self, now_ms: i64) {
         let due = self
             .retention_ms
@@ -660,7 +768,6 @@ impl<P: StorageProvider> Shard<P> {
         }
         let mut expired: Vec<(TopicPartition, Vec<Ready>, Vec<Token>)> = Vec::new();
         for (tp, p) in self.partitions.iter_mut() {
-            let _ = p.rp.tick(now_ms).await;
             let mut ready = Vec::new();
             p.waiters.expire(now_ms, &mut ready);
             let late: Vec<Token> = p
@@ -710,6 +817,8 @@ pub struct PartitionStats {
     pub high_watermark: u64,
     pub term: u64,
     pub is_leader: bool,
+    /// The group's leader as this replica knows it.
+    pub leader: Option<u64>,
 }
 
 /// Reads committed batches from `offset` (never past the high watermark).

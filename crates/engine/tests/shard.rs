@@ -357,6 +357,7 @@ impl Nodes {
         self.now += 100;
         let mut sends = 0;
         for shard in self.shards.values_mut() {
+            block_on(shard.raft_tick(self.now));
             block_on(shard.tick(self.now));
             block_on(shard.flush(self.now));
         }

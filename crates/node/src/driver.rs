@@ -25,9 +25,9 @@
 //! marker); otherwise (every handle dropped) it just drops them, which the next
 //! start recovers like a crash.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_channel::oneshot;
@@ -35,6 +35,7 @@ use futures_util::future::{select, Either};
 use sluice_engine::{
     AckPolicy, EngineError, OffsetQuery, Reply, Shard, ShardConfig, Token, TopicPartition,
 };
+use sluice_replica::Message;
 use sluice_storage::{LogConfig, RecoveryReport};
 
 use crate::provider::GlommioProvider;
@@ -58,6 +59,8 @@ pub(crate) enum Request {
         offset: u64,
         max_bytes: u32,
         max_wait_ms: u32,
+        /// Read this replica's committed log whatever its role (the node's own readers).
+        local: bool,
         reply: oneshot::Sender<Reply>,
     },
     ListOffsets {
@@ -66,8 +69,13 @@ pub(crate) enum Request {
         reply: oneshot::Sender<Result<Option<u64>, EngineError>>,
     },
     Open {
-        partitions: Vec<(TopicPartition, LogConfig)>,
+        partitions: Vec<OpenSpec>,
         reply: oneshot::Sender<Vec<Opened>>,
+    },
+    /// Raft messages from a peer, for partitions of this shard. No reply: a message for
+    /// a partition the shard does not hold is dropped (Raft tolerates loss).
+    Step {
+        messages: Vec<(TopicPartition, Message)>,
     },
     Delete {
         partitions: Vec<TopicPartition>,
@@ -77,6 +85,31 @@ pub(crate) enum Request {
         reply: oneshot::Sender<ShardReport>,
     },
 }
+
+/// One partition to open: its log config, its group's voters (this node among them),
+/// and whether to start an election at once (the preferred leader of a new group).
+#[derive(Debug, Clone)]
+pub(crate) struct OpenSpec {
+    pub tp: TopicPartition,
+    pub log: LogConfig,
+    pub voters: Vec<u64>,
+    pub campaign: bool,
+}
+
+/// Where a shard sends its Raft messages: `(destination node, frame)`, the frame
+/// being [`sluice_engine::raft_frame`] bytes. Must not block.
+#[derive(Clone)]
+pub struct RaftOutbox(pub Arc<dyn Fn(u64, Vec<u8>) + Send + Sync>);
+
+impl std::fmt::Debug for RaftOutbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RaftOutbox")
+    }
+}
+
+/// Every hosted partition's Raft leader and term, as the shards last saw them (written
+/// once per Raft tick per shard; read by routing and metadata).
+pub type LeaderBoard = Mutex<BTreeMap<TopicPartition, (Option<u64>, u64)>>;
 
 /// The outcome of opening one partition.
 pub(crate) type Opened = (TopicPartition, Result<RecoveryReport, EngineError>);
@@ -106,12 +139,16 @@ pub(crate) struct ShardTask {
     pub provider: GlommioProvider,
     pub config: ShardConfig,
     pub rx: async_channel::Receiver<Request>,
-    pub initial: Vec<(TopicPartition, LogConfig)>,
+    pub initial: Vec<OpenSpec>,
     pub started: mpsc::Sender<Started>,
     pub clean_stop: Arc<AtomicBool>,
     pub done: oneshot::Sender<Result<(), EngineError>>,
     pub cycle_requests_max: usize,
     pub tick_ms: u64,
+    /// Cadence of `Shard::raft_tick` while the shard holds a group with peers.
+    pub raft_tick_ms: u64,
+    pub outbox: Option<RaftOutbox>,
+    pub leaders: Arc<LeaderBoard>,
 }
 
 /// Wall-clock milliseconds since the epoch, the time the pure core is given.
@@ -150,6 +187,12 @@ struct Driver {
     requests: u64,
     cycle_requests_seen_max: u64,
     flush_latency: LatencyHistogram,
+    outbox: Option<RaftOutbox>,
+    leaders: Arc<LeaderBoard>,
+    raft_tick: Duration,
+    last_raft_tick: Instant,
+    /// Raft messages dropped for want of an outbox or a partition.
+    raft_dropped: u64,
 }
 
 impl ShardTask {
@@ -166,6 +209,9 @@ impl ShardTask {
             done,
             cycle_requests_max,
             tick_ms,
+            raft_tick_ms,
+            outbox,
+            leaders,
         } = self;
         let mut d = Driver {
             index,
@@ -177,12 +223,18 @@ impl ShardTask {
             requests: 0,
             cycle_requests_seen_max: 0,
             flush_latency: LatencyHistogram::default(),
+            outbox,
+            leaders,
+            raft_tick: Duration::from_millis(raft_tick_ms.max(1)),
+            last_raft_tick: Instant::now(),
+            raft_dropped: 0,
         };
 
         let t0 = Instant::now();
         let mut opened = Vec::with_capacity(initial.len());
-        for (tp, log) in initial {
-            let r = d.open(tp.clone(), log).await;
+        for spec in initial {
+            let tp = spec.tp.clone();
+            let r = d.open(spec).await;
             let failed = r.is_err();
             opened.push((tp, r));
             if failed {
@@ -222,16 +274,69 @@ impl ShardTask {
 }
 
 impl Driver {
-    async fn open(
-        &mut self,
-        tp: TopicPartition,
-        log: LogConfig,
-    ) -> Result<RecoveryReport, EngineError> {
-        let r = self.shard.open_partition(tp.clone(), log, now_ms()).await;
+    async fn open(&mut self, spec: OpenSpec) -> Result<RecoveryReport, EngineError> {
+        let OpenSpec {
+            tp,
+            log,
+            voters,
+            campaign,
+        } = spec;
+        let single = voters.len() == 1;
+        let r = self
+            .shard
+            .open_replicated(tp.clone(), log, voters, now_ms())
+            .await;
         if r.is_ok() {
+            if campaign && !single {
+                let _ = self.shard.campaign(&tp, now_ms()).await;
+            }
             self.counters.insert(tp, Counters::default());
         }
+        self.publish_leaders();
+        self.send_messages();
         r
+    }
+
+    /// Hands every Raft message the replicas queued to the outbox, one frame per peer.
+    fn send_messages(&mut self) {
+        let out = self.shard.take_messages();
+        if out.is_empty() {
+            return;
+        }
+        match &self.outbox {
+            Some(outbox) => {
+                for (to, msgs) in out {
+                    (outbox.0)(to, sluice_engine::raft_frame::encode(&msgs));
+                }
+            }
+            None => self.raft_dropped += out.values().map(|v| v.len() as u64).sum::<u64>(),
+        }
+    }
+
+    /// Writes every partition's leader and term to the shared board.
+    fn publish_leaders(&self) {
+        let mut board = self
+            .leaders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (tp, leader, term) in self.shard.leaders() {
+            match board.get_mut(tp) {
+                Some(v) => *v = (leader, term),
+                None => {
+                    board.insert(tp.clone(), (leader, term));
+                }
+            }
+        }
+    }
+
+    /// A Raft tick when `raft_tick` passed (only while the shard has peers).
+    async fn raft_tick_if_due(&mut self) {
+        if self.last_raft_tick.elapsed() >= self.raft_tick && self.shard.has_peers() {
+            self.last_raft_tick = Instant::now();
+            self.shard.raft_tick(now_ms()).await;
+            self.publish_leaders();
+            self.deliver();
+        }
     }
 
     async fn run_loop(
@@ -247,11 +352,14 @@ impl Driver {
             // 1. Wait for work, or for the next tick while something waits on one
             //    (an idle shard still ticks every HOUSEKEEPING, for retention).
             let first = {
-                let wait = if self.pending.is_empty() {
+                let mut wait = if self.pending.is_empty() {
                     HOUSEKEEPING
                 } else {
                     tick.saturating_sub(last_tick.elapsed())
                 };
+                if self.shard.has_peers() {
+                    wait = wait.min(self.raft_tick.saturating_sub(self.last_raft_tick.elapsed()));
+                }
                 let recv = std::pin::pin!(rx.recv());
                 let timer = std::pin::pin!(glommio::timer::sleep(wait));
                 match select(recv, timer).await {
@@ -261,6 +369,11 @@ impl Driver {
                         Ok(req) => Some(req),
                         Err(async_channel::TryRecvError::Empty) => {
                             self.tick_if_due(&mut last_tick, tick).await;
+                            self.raft_tick_if_due().await;
+                            if self.shard.has_dirty() {
+                                self.flush().await;
+                            }
+                            self.send_messages();
                             continue;
                         }
                         Err(async_channel::TryRecvError::Closed) => None,
@@ -287,17 +400,26 @@ impl Driver {
             }
             // acks=none and immediate reads need not wait for the fsync.
             self.deliver();
+            // Raft ticks at their own cadence (heartbeats, elections).
+            self.raft_tick_if_due().await;
             // 4. The group commit.
             if self.shard.has_dirty() {
-                let t = Instant::now();
-                self.shard.flush(now_ms()).await;
-                let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
-                self.flush_latency.record(us);
-                self.deliver();
+                self.flush().await;
             }
+            // Messages go out after the flush: those that had to wait for durability
+            // (a follower's append acknowledgement, a vote) are released by it.
+            self.send_messages();
             // 5. Deadlines.
             self.tick_if_due(&mut last_tick, tick).await;
         }
+    }
+
+    async fn flush(&mut self) {
+        let t = Instant::now();
+        self.shard.flush(now_ms()).await;
+        let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.flush_latency.record(us);
+        self.deliver();
     }
 
     /// Deadline checks (and, inside `Shard::tick`, retention) once `tick` passed.
@@ -346,15 +468,22 @@ impl Driver {
                 offset,
                 max_bytes,
                 max_wait_ms,
+                local,
                 reply,
             } => {
                 if let Some(c) = self.counters.get_mut(&tp) {
                     c.fetch_requests += 1;
                 }
                 let token = self.token();
-                self.shard
-                    .fetch(now, token, &tp, offset, max_bytes, max_wait_ms)
-                    .await;
+                if local {
+                    self.shard
+                        .fetch_local(now, token, &tp, offset, max_bytes, max_wait_ms)
+                        .await;
+                } else {
+                    self.shard
+                        .fetch(now, token, &tp, offset, max_bytes, max_wait_ms)
+                        .await;
+                }
                 self.pending.insert(
                     token,
                     Pending {
@@ -375,17 +504,31 @@ impl Driver {
             }
             Request::Open { partitions, reply } => {
                 let mut out = Vec::with_capacity(partitions.len());
-                for (tp, log) in partitions {
-                    let r = self.open(tp.clone(), log).await;
+                for spec in partitions {
+                    let tp = spec.tp.clone();
+                    let r = self.open(spec).await;
                     out.push((tp, r));
                 }
                 let _ = reply.send(out);
+            }
+            Request::Step { messages } => {
+                for (tp, msg) in messages {
+                    if let Err(e) = self.shard.step(&tp, msg, now).await {
+                        self.raft_dropped += 1;
+                        tracing::trace!(shard = self.index, %tp, error = %e, "raft message dropped");
+                    }
+                }
+                self.deliver();
             }
             Request::Delete { partitions, reply } => {
                 let mut out = Vec::with_capacity(partitions.len());
                 for tp in partitions {
                     let r = self.shard.delete_partition(&tp).await;
                     self.counters.remove(&tp);
+                    self.leaders
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .remove(&tp);
                     out.push((tp, r));
                 }
                 // The deleted partitions' waiters were answered `UnknownPartition`.

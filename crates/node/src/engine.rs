@@ -8,7 +8,7 @@
 //! closing the partitions (the next start recovers as after a crash) and blocks until
 //! the shard threads have exited.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,7 +23,9 @@ use sluice_io::DataFileMode;
 use sluice_storage::{Batches, LogConfig, RecoveryReport};
 use thiserror::Error;
 
-use crate::driver::{Opened, Request, ShardReport, ShardTask, Started};
+use crate::driver::{
+    LeaderBoard, OpenSpec, Opened, RaftOutbox, Request, ShardReport, ShardTask, Started,
+};
 use crate::provider::{remove_dir_durable, GlommioProvider};
 use crate::stats::{EngineStats, PartitionStats, ShardSnapshot};
 use crate::topics::{
@@ -70,6 +72,16 @@ pub struct EngineConfig {
     pub wait_limits: WaitLimits,
     /// How often each shard applies its partitions' retention.
     pub retention_interval_ms: u64,
+    /// This node's id in every Raft group (1 on a single-node broker).
+    pub node_id: u64,
+    /// Raft tick interval of groups with peers: heartbeats every 2 ticks, election
+    /// timeouts drawn from [10, 20) ticks.
+    pub raft_tick_ms: u64,
+    /// Cluster mode: the voters of the controller group (`__cluster/0`, opened at start
+    /// on its shard). `None`: a single-node broker with its topic registry.
+    pub controller_voters: Option<Vec<u64>>,
+    /// Where the shards send Raft messages to peers (cluster mode).
+    pub outbox: Option<RaftOutbox>,
 }
 
 impl EngineConfig {
@@ -86,6 +98,10 @@ impl EngineConfig {
             log_defaults: LogConfig::default(),
             wait_limits: WaitLimits::default(),
             retention_interval_ms: 30_000,
+            node_id: 1,
+            raft_tick_ms: 30,
+            controller_voters: None,
+            outbox: None,
         }
     }
 
@@ -107,6 +123,17 @@ impl EngineConfig {
         }
         if self.wait_limits.acks_max == 0 || self.wait_limits.fetches_max == 0 {
             return bad("wait limits must be positive");
+        }
+        if self.node_id == 0 {
+            return bad("node_id must be positive");
+        }
+        if self.raft_tick_ms == 0 || self.raft_tick_ms > TICK_MS_MAX {
+            return bad("raft_tick_ms must be 1..=1000");
+        }
+        if let Some(v) = &self.controller_voters {
+            if !v.contains(&self.node_id) || v.contains(&0) {
+                return bad("controller voters must include this node and no id 0");
+            }
         }
         self.log_defaults
             .validate()
@@ -223,6 +250,8 @@ struct Inner {
     threads: Mutex<Option<Vec<ShardThread>>>,
     startup: StartupReport,
     queue_full_waits: AtomicU64,
+    node_id: u64,
+    leaders: Arc<LeaderBoard>,
 }
 
 impl fmt::Debug for Inner {
@@ -291,16 +320,34 @@ impl Engine {
         let cpus = usable_cpus();
         let shards = config.shards.unwrap_or(cpus.len()).clamp(1, SHARDS_MAX);
         let pin = config.pin_shards && shards <= cpus.len();
-        let mut assigned: Vec<Vec<(TopicPartition, LogConfig)>> = vec![Vec::new(); shards];
+        let mut assigned: Vec<Vec<OpenSpec>> = vec![Vec::new(); shards];
         for t in registry.list() {
             let log = t.config.log_config(&config.log_defaults);
             for tp in t.topic_partitions() {
                 let s = shard_for(&tp.topic, tp.partition, shards);
                 if let Some(v) = assigned.get_mut(s) {
-                    v.push((tp, log.clone()));
+                    v.push(OpenSpec {
+                        tp,
+                        log: log.clone(),
+                        voters: vec![config.node_id],
+                        campaign: false,
+                    });
                 }
             }
         }
+        if let Some(voters) = &config.controller_voters {
+            let tp = controller_partition();
+            let s = shard_for(&tp.topic, tp.partition, shards);
+            if let Some(v) = assigned.get_mut(s) {
+                v.push(OpenSpec {
+                    tp,
+                    log: controller_log(&config.log_defaults),
+                    voters: voters.clone(),
+                    campaign: false,
+                });
+            }
+        }
+        let leaders: Arc<LeaderBoard> = Arc::new(Mutex::new(BTreeMap::new()));
 
         let clean_stop = Arc::new(AtomicBool::new(false));
         let (started_tx, started_rx) = mpsc::channel();
@@ -323,7 +370,7 @@ impl Engine {
                     wait_limits: config.wait_limits,
                     retention_interval_ms: i64::try_from(config.retention_interval_ms)
                         .unwrap_or(i64::MAX),
-                    ..ShardConfig::default()
+                    node_id: config.node_id,
                 },
                 rx,
                 initial,
@@ -332,6 +379,9 @@ impl Engine {
                 done: done_tx,
                 cycle_requests_max: config.cycle_requests_max,
                 tick_ms: config.tick_ms,
+                raft_tick_ms: config.raft_tick_ms,
+                outbox: config.outbox.clone(),
+                leaders: Arc::clone(&leaders),
             };
             let spawned = sluice_io::executor_builder(placement)
                 .name(&format!("sluice-shard-{index}"))
@@ -406,6 +456,8 @@ impl Engine {
             threads: Mutex::new(Some(threads)),
             startup,
             queue_full_waits: AtomicU64::new(0),
+            node_id: config.node_id,
+            leaders,
         };
         if let Some(e) = failure {
             // Close what did open cleanly, so the failed start costs no rescan.
@@ -435,6 +487,24 @@ impl Engine {
         Ok(EngineHandle {
             inner: Arc::new(inner),
         })
+    }
+}
+
+/// The controller group's partition: the cluster metadata log (cluster mode).
+pub fn controller_partition() -> TopicPartition {
+    TopicPartition::new(CONTROLLER_TOPIC, 0)
+}
+
+/// The topic of the controller log. Names starting `__` are reserved.
+pub const CONTROLLER_TOPIC: &str = "__cluster";
+
+/// The controller log's config: the broker's segment defaults, never any retention
+/// (every node rebuilds the metadata by replaying it from the start).
+pub fn controller_log(defaults: &LogConfig) -> LogConfig {
+    LogConfig {
+        retention_bytes_max: None,
+        retention_age_ms_max: None,
+        ..defaults.clone()
     }
 }
 
@@ -609,6 +679,32 @@ impl EngineHandle {
         max_bytes: u32,
         max_wait_ms: u32,
     ) -> Result<Fetched, RequestError> {
+        self.fetch_from(tp, offset, max_bytes, max_wait_ms, false)
+            .await
+    }
+
+    /// [`EngineHandle::fetch`] from this node's replica whatever its role: what this
+    /// replica knows to be committed (a follower's view may lag the leader's). For the
+    /// node's own readers, such as the controller log.
+    pub async fn fetch_local(
+        &self,
+        tp: &TopicPartition,
+        offset: u64,
+        max_bytes: u32,
+        max_wait_ms: u32,
+    ) -> Result<Fetched, RequestError> {
+        self.fetch_from(tp, offset, max_bytes, max_wait_ms, true)
+            .await
+    }
+
+    async fn fetch_from(
+        &self,
+        tp: &TopicPartition,
+        offset: u64,
+        max_bytes: u32,
+        max_wait_ms: u32,
+        local: bool,
+    ) -> Result<Fetched, RequestError> {
         let max_wait_ms = max_wait_ms.min(FETCH_WAIT_MS_MAX);
         let max_bytes = max_bytes.min(FETCH_BYTES_MAX);
         let tp = tp.clone();
@@ -620,6 +716,7 @@ impl EngineHandle {
                 offset,
                 max_bytes,
                 max_wait_ms,
+                local,
                 reply,
             })
             .await?;
@@ -697,11 +794,15 @@ impl EngineHandle {
             reg.create(info.clone(), log_defaults)
         })?;
         let log = info.config.log_config(&self.inner.log_defaults);
-        let mut per_shard: Vec<Vec<(TopicPartition, LogConfig)>> =
-            vec![Vec::new(); self.inner.queues.len()];
+        let mut per_shard: Vec<Vec<OpenSpec>> = vec![Vec::new(); self.inner.queues.len()];
         for tp in info.topic_partitions() {
             if let Some(v) = per_shard.get_mut(self.inner.shard_of(&tp)) {
-                v.push((tp, log.clone()));
+                v.push(OpenSpec {
+                    tp,
+                    log: log.clone(),
+                    voters: vec![self.inner.node_id],
+                    campaign: false,
+                });
             }
         }
         let opens = per_shard
@@ -905,6 +1006,135 @@ impl EngineHandle {
         }
         tracing::info!(clean = first_err.is_none(), "engine: stopped");
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// Opens partitions as replicas of their Raft groups (cluster mode: the node's
+    /// share of the controller's assignments). `campaign`: start an election at once
+    /// (the preferred leader of a new group). A partition already open is reported
+    /// `PartitionExists`.
+    pub async fn open_replicas(
+        &self,
+        partitions: Vec<(TopicPartition, LogConfig, Vec<u64>, bool)>,
+    ) -> Vec<Opened> {
+        let mut per_shard: Vec<Vec<OpenSpec>> = vec![Vec::new(); self.inner.queues.len()];
+        for (tp, log, voters, campaign) in partitions {
+            if let Some(v) = per_shard.get_mut(self.inner.shard_of(&tp)) {
+                v.push(OpenSpec {
+                    tp,
+                    log,
+                    voters,
+                    campaign,
+                });
+            }
+        }
+        let opens = per_shard
+            .into_iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(shard, partitions)| {
+                let tps: Vec<TopicPartition> = partitions.iter().map(|s| s.tp.clone()).collect();
+                async move {
+                    match self
+                        .inner
+                        .call(shard, move |reply| Request::Open { partitions, reply })
+                        .await
+                    {
+                        Ok(opened) => opened,
+                        Err(e) => tps
+                            .into_iter()
+                            .map(|tp| (tp, Err(EngineError::StorageFailed(e.to_string()))))
+                            .collect(),
+                    }
+                }
+            });
+        futures_util::future::join_all(opens)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Deletes partitions and their files on their shards (cluster mode: a topic the
+    /// controller deleted).
+    pub async fn remove_partitions(
+        &self,
+        partitions: Vec<TopicPartition>,
+    ) -> Vec<(TopicPartition, Result<(), EngineError>)> {
+        let mut per_shard: Vec<Vec<TopicPartition>> = vec![Vec::new(); self.inner.queues.len()];
+        for tp in partitions {
+            if let Some(v) = per_shard.get_mut(self.inner.shard_of(&tp)) {
+                v.push(tp);
+            }
+        }
+        let deletes = per_shard
+            .into_iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(shard, partitions)| {
+                let tps = partitions.clone();
+                async move {
+                    match self
+                        .inner
+                        .call(shard, move |reply| Request::Delete { partitions, reply })
+                        .await
+                    {
+                        Ok(done) => done,
+                        Err(e) => tps
+                            .into_iter()
+                            .map(|tp| (tp, Err(EngineError::StorageFailed(e.to_string()))))
+                            .collect(),
+                    }
+                }
+            });
+        futures_util::future::join_all(deletes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Steps a peer's Raft frame ([`sluice_engine::raft_frame`]) into the shards that
+    /// own its partitions, without waiting: a full shard queue drops the messages
+    /// (Raft resends). Returns how many messages were queued.
+    pub fn deliver_raft(
+        &self,
+        frame: &[u8],
+    ) -> Result<usize, sluice_engine::raft_frame::RaftFrameError> {
+        let messages = sluice_engine::raft_frame::decode(frame)?;
+        let mut per_shard: BTreeMap<usize, Vec<(TopicPartition, sluice_replica::Message)>> =
+            BTreeMap::new();
+        for (tp, m) in messages {
+            per_shard
+                .entry(self.inner.shard_of(&tp))
+                .or_default()
+                .push((tp, m));
+        }
+        let mut queued = 0;
+        for (shard, messages) in per_shard {
+            let n = messages.len();
+            if let Some(q) = self.inner.queues.get(shard) {
+                if q.try_send(Request::Step { messages }).is_ok() {
+                    queued += n;
+                }
+            }
+        }
+        Ok(queued)
+    }
+
+    /// Every hosted partition's Raft leader (if known) and term, as of the shards'
+    /// last Raft tick.
+    pub fn leaders(&self) -> BTreeMap<TopicPartition, (Option<u64>, u64)> {
+        lock(&self.inner.leaders).clone()
+    }
+
+    /// `tp`'s leader as this node knows it (`None`: unknown, or not hosted here).
+    pub fn leader_of(&self, tp: &TopicPartition) -> Option<u64> {
+        lock(&self.inner.leaders).get(tp).and_then(|(l, _)| *l)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.inner.node_id
     }
 
     /// What the start recovered.

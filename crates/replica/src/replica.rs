@@ -453,6 +453,11 @@ impl Replica {
         self.leader_ready && self.raw.raft.state == StateRole::Leader
     }
 
+    /// How many voters the group has (this replica's view of its configuration).
+    pub fn voter_count(&self) -> usize {
+        self.raw.raft.prs().conf().voters().ids().len()
+    }
+
     /// The leader this replica knows of.
     pub fn leader(&self) -> Option<u64> {
         let l = self.raw.raft.leader_id;

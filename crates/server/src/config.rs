@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::cluster::{ClusterSettings, NodeEntry};
+
 /// Default QUIC listen address of a dev broker.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7878));
 /// Default admin HTTP address of a dev broker.
@@ -58,6 +60,40 @@ pub struct FileConfig {
     pub storage: StorageFile,
     #[serde(default)]
     pub limits: LimitsFile,
+    /// Cluster mode; absent: a single-node broker.
+    pub cluster: Option<ClusterFile>,
+}
+
+/// `[cluster]`: this node's part of a multi-node cluster (`docs/deploy/README.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// Names the cluster in `sluice cluster status` (default `sluice`).
+    pub cluster_id: Option<String>,
+    /// UDP address the peer links listen on.
+    pub peer_listen: SocketAddr,
+    /// The cluster CA (PEM): peers must present certificates it signed; this node's
+    /// own certificate is `[tls] cert`/`key`, signed by it.
+    pub ca: PathBuf,
+    /// Forward produce and fetch requests for partitions led elsewhere to their leader
+    /// (for clients behind a load balancer) instead of answering `NotLeader`.
+    #[serde(default)]
+    pub proxy: bool,
+    /// Raft tick (default 30 ms): heartbeats every 2 ticks, elections after 10–20.
+    pub raft_tick_ms: Option<u64>,
+    /// Every node of the cluster, this one included.
+    pub nodes: Vec<NodeFile>,
+}
+
+/// One `[[cluster.nodes]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    pub id: u64,
+    /// Client address (host:port) handed to clients in metadata.
+    pub addr: String,
+    /// Peer-link address other nodes dial.
+    pub peer_addr: SocketAddr,
 }
 
 /// `[tls]`: with neither path, dev mode.
@@ -103,6 +139,7 @@ pub struct Settings {
     pub tls: TlsFile,
     pub storage: StorageFile,
     pub limits: LimitsFile,
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// Why the configuration could not be used (exit code 2).
@@ -153,7 +190,13 @@ impl Settings {
                 )));
             }
         }
+        let node_id = file.node_id.unwrap_or(1);
+        let cluster = match file.cluster {
+            None => None,
+            Some(c) => Some(cluster_settings(c, node_id, &file.tls)?),
+        };
         Ok(Settings {
+            cluster,
             data_dir: flags
                 .data_dir
                 .clone()
@@ -162,13 +205,69 @@ impl Settings {
             listen,
             admin_listen,
             shards: flags.shards.or(file.shards),
-            node_id: file.node_id.unwrap_or(1),
+            node_id,
             advertised_addr: file.advertised_addr.unwrap_or_else(|| listen.to_string()),
             tls: file.tls,
             storage: file.storage,
             limits: file.limits,
         })
     }
+}
+
+fn cluster_settings(
+    c: ClusterFile,
+    node_id: u32,
+    tls: &TlsFile,
+) -> Result<ClusterSettings, ConfigError> {
+    let bad = |m: String| Err(ConfigError::Invalid(m));
+    let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else {
+        return bad(
+            "cluster mode needs this node's certificate in [tls] cert/key, signed by the \
+             cluster CA ([cluster] ca); `sluice cluster certs` makes them"
+                .into(),
+        );
+    };
+    let mut ids = std::collections::BTreeSet::new();
+    for n in &c.nodes {
+        if n.id == 0 || n.id > u64::from(u32::MAX) {
+            return bad(format!(
+                "[[cluster.nodes]] id {} must be in 1..=4294967295",
+                n.id
+            ));
+        }
+        if !ids.insert(n.id) {
+            return bad(format!("[[cluster.nodes]] id {} appears twice", n.id));
+        }
+        if n.addr.is_empty() {
+            return bad(format!("[[cluster.nodes]] id {} has an empty addr", n.id));
+        }
+    }
+    if !ids.contains(&u64::from(node_id)) {
+        return bad(format!(
+            "node_id {node_id} is not among [[cluster.nodes]] (every node, this one included)"
+        ));
+    }
+    if c.raft_tick_ms.is_some_and(|t| t == 0 || t > 1000) {
+        return bad("[cluster] raft_tick_ms must be 1..=1000".into());
+    }
+    Ok(ClusterSettings {
+        cluster_id: c.cluster_id.unwrap_or_else(|| "sluice".into()),
+        peer_listen: c.peer_listen,
+        proxy: c.proxy,
+        nodes: c
+            .nodes
+            .into_iter()
+            .map(|n| NodeEntry {
+                id: n.id,
+                addr: n.addr,
+                peer_addr: n.peer_addr,
+            })
+            .collect(),
+        ca: c.ca,
+        cert: cert.clone(),
+        key: key.clone(),
+        raft_tick_ms: c.raft_tick_ms.unwrap_or(30),
+    })
 }
 
 fn load(path: &Path) -> Result<FileConfig, ConfigError> {

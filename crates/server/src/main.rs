@@ -5,22 +5,27 @@
 //! `exit.rs` and `docs/OPERATIONS.md`.
 
 mod admin;
+mod cluster;
+mod cluster_service;
 mod config;
 mod exit;
 mod lock;
 mod metrics;
+mod producer_ids;
 mod service;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use clap::Parser;
 use sluice_gateway::{Gateway, GatewayConfig, Reply, Service, TlsSource};
 use sluice_io::DataFileMode;
-use sluice_node::{Engine, EngineConfig, StartError};
+use sluice_node::{Engine, EngineConfig, RaftOutbox, StartError};
+use sluice_peer::{PeerConfig, PeerLinks, PeerTls};
 use sluice_proto::wire::{Request, RequestHeader};
 use tracing::{error, info, warn};
 
+use crate::cluster::Cluster;
 use crate::config::{Flags, Settings};
 use crate::service::{BrokerService, NodeIdentity};
 
@@ -68,7 +73,8 @@ fn run(flags: &Flags) -> i32 {
             return exit::DATA_DIR;
         }
     };
-    let engine_config = match engine_config(&settings) {
+    let links_cell: Arc<OnceLock<Arc<PeerLinks>>> = Arc::new(OnceLock::new());
+    let engine_config = match engine_config(&settings, &links_cell) {
         Ok(c) => c,
         Err(e) => {
             error!("configuration: {e}");
@@ -107,12 +113,27 @@ fn run(flags: &Flags) -> i32 {
             return exit::FAILURE;
         }
     };
-    runtime.block_on(serve(settings, engine))
+    runtime.block_on(serve(settings, engine, links_cell))
 }
 
-fn engine_config(s: &Settings) -> Result<EngineConfig, String> {
+fn engine_config(
+    s: &Settings,
+    links: &Arc<OnceLock<Arc<PeerLinks>>>,
+) -> Result<EngineConfig, String> {
     let mut c = EngineConfig::new(&s.data_dir);
     c.shards = s.shards;
+    c.node_id = u64::from(s.node_id);
+    if let Some(cl) = &s.cluster {
+        c.controller_voters = Some(cl.nodes.iter().map(|n| n.id).collect());
+        c.raft_tick_ms = cl.raft_tick_ms;
+        let links = Arc::clone(links);
+        c.outbox = Some(RaftOutbox(Arc::new(move |to, frame| {
+            if let Some(l) = links.get() {
+                // A full queue or a down peer drops the frame: Raft resends.
+                let _ = l.send(to, bytes::Bytes::from(frame));
+            }
+        })));
+    }
     if let Some(b) = s.storage.segment_bytes {
         c.log_defaults.segment_bytes_max = b;
     }
@@ -133,7 +154,69 @@ fn engine_config(s: &Settings) -> Result<EngineConfig, String> {
     Ok(c)
 }
 
-async fn serve(settings: Settings, engine: sluice_node::EngineHandle) -> i32 {
+/// Starts the peer links and the controller-log follower (cluster mode).
+fn start_cluster(
+    settings: &Settings,
+    engine: &sluice_node::EngineHandle,
+    links_cell: &Arc<OnceLock<Arc<PeerLinks>>>,
+    service_cell: &Arc<OnceLock<BrokerService>>,
+    log_defaults: sluice_storage::LogConfig,
+) -> Result<Option<Arc<Cluster>>, String> {
+    let Some(cs) = &settings.cluster else {
+        return Ok(None);
+    };
+    let tls = PeerTls::load(&cs.ca, &cs.cert, &cs.key).map_err(|e| format!("cluster TLS: {e}"))?;
+    let peer_config = PeerConfig::new(u64::from(settings.node_id), cs.peer_listen, tls);
+    let handler = Arc::new(cluster::Handler {
+        engine: engine.clone(),
+        service: Arc::clone(service_cell),
+    });
+    let links = Arc::new(
+        PeerLinks::start(peer_config, handler)
+            .map_err(|e| format!("peer links on {}: {e}", cs.peer_listen))?,
+    );
+    for n in &cs.nodes {
+        if n.id != u64::from(settings.node_id) {
+            links.set_peer(n.id, n.peer_addr);
+        }
+    }
+    let _ = links_cell.set(Arc::clone(&links));
+    let cluster = Arc::new(Cluster::new(engine.clone(), cs.clone(), log_defaults));
+    cluster.set_links(links);
+    info!(
+        node_id = settings.node_id,
+        peers = cs.nodes.len() - 1,
+        peer_listen = %cs.peer_listen,
+        proxy = cs.proxy,
+        "cluster mode: peer links up, following the controller log"
+    );
+    Ok(Some(cluster))
+}
+
+async fn serve(
+    settings: Settings,
+    engine: sluice_node::EngineHandle,
+    links_cell: Arc<OnceLock<Arc<PeerLinks>>>,
+) -> i32 {
+    let service_cell: Arc<OnceLock<BrokerService>> = Arc::new(OnceLock::new());
+    let log_defaults = match engine_config(&settings, &links_cell) {
+        Ok(c) => c.log_defaults,
+        Err(e) => {
+            error!("configuration: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let cluster = match start_cluster(&settings, &engine, &links_cell, &service_cell, log_defaults)
+    {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e}");
+            let _ = engine.shutdown().await;
+            return exit::LISTEN;
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let follower = cluster.clone().map(|c| tokio::spawn(c.run(stop_rx)));
     let tls = match (&settings.tls.cert, &settings.tls.key) {
         (Some(cert), Some(key)) => TlsSource::Files {
             cert_pem: cert.clone(),
@@ -158,14 +241,26 @@ async fn serve(settings: Settings, engine: sluice_node::EngineHandle) -> i32 {
     if let Some(ms) = settings.limits.stream_read_timeout_ms {
         gconfig.stream_read_timeout = Duration::from_millis(ms);
     }
-    let service = Arc::new(BrokerService::new(
+    let mut service = BrokerService::new(
         engine.clone(),
         NodeIdentity {
             node_id: settings.node_id,
             addr: settings.advertised_addr.clone(),
-            cluster_id: "sluice-dev".into(),
+            cluster_id: settings
+                .cluster
+                .as_ref()
+                .map_or_else(|| "sluice-dev".into(), |c| c.cluster_id.clone()),
         },
+    )
+    .with_producer_ids(producer_ids::ProducerIds::new(
+        &settings.data_dir,
+        settings.node_id,
     ));
+    if let Some(c) = &cluster {
+        service = service.with_cluster(Arc::clone(c));
+    }
+    let _ = service_cell.set(service.clone());
+    let service = Arc::new(service);
     let gateway = match Gateway::bind(gconfig, service) {
         Ok(g) => g,
         Err(e) => {
@@ -198,6 +293,10 @@ async fn serve(settings: Settings, engine: sluice_node::EngineHandle) -> i32 {
     admin.set_ready(false);
     let drained = gateway.shutdown(SHUTDOWN_GRACE).await;
     info!(?drained, "gateway stopped");
+    let _ = stop_tx.send(true);
+    if let Some(f) = follower {
+        let _ = f.await;
+    }
     let code = match engine.shutdown().await {
         Ok(()) => {
             info!("every partition flushed and closed cleanly");
@@ -208,6 +307,9 @@ async fn serve(settings: Settings, engine: sluice_node::EngineHandle) -> i32 {
             exit::FAILURE
         }
     };
+    if let Some(l) = links_cell.get() {
+        l.shutdown().await;
+    }
     admin.stop().await;
     code
 }

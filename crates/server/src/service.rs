@@ -5,11 +5,15 @@
 
 use sluice_engine::{AckPolicy, EngineError, OffsetQuery, TopicPartition};
 use sluice_node::{EngineHandle, RequestError, TopicConfig as NodeTopicConfig, TopicError};
+use sluice_proto::wire::ErrorDetail;
 use sluice_proto::wire::{
     Acks, BrokerInfo, ClusterInfo, ClusterStatus, ErrorBody, ErrorCode, FetchOk, MetadataOk,
     NodeStatus, OffsetOk, OffsetSpec, PartitionDescription, PartitionMetadata, ProduceOk, Request,
     RequestHeader, Response, TopicConfig, TopicDescription, TopicMetadata, TopicSummary,
 };
+use std::sync::Arc;
+
+use crate::producer_ids::ProducerIds;
 
 /// This node's identity as clients see it.
 #[derive(Debug, Clone)]
@@ -25,16 +29,75 @@ pub struct NodeIdentity {
 pub struct BrokerService {
     engine: EngineHandle,
     me: NodeIdentity,
+    /// Hands out idempotent-producer ids (`None`: `InitProducer` is refused).
+    producer_ids: Option<Arc<ProducerIds>>,
+    /// Cluster mode (`None`: a single-node broker with its own topic registry).
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl BrokerService {
     /// A service over a started engine.
     pub fn new(engine: EngineHandle, me: NodeIdentity) -> Self {
-        Self { engine, me }
+        Self {
+            engine,
+            me,
+            producer_ids: None,
+            cluster: None,
+        }
+    }
+
+    /// Runs in cluster mode: metadata from the controller, requests routed to leaders.
+    pub fn with_cluster(mut self, cluster: Arc<crate::cluster::Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// Answers `InitProducer` from `ids`.
+    pub fn with_producer_ids(mut self, ids: ProducerIds) -> Self {
+        self.producer_ids = Some(Arc::new(ids));
+        self
     }
 
     /// One request to one response (and its payload: fetched batches).
     pub async fn handle(
+        &self,
+        header: RequestHeader,
+        request: Request,
+        payload: Vec<u8>,
+    ) -> (Response, Vec<u8>) {
+        self.route(header, request, payload, true).await
+    }
+
+    /// [`BrokerService::handle`]; in cluster mode, requests for partitions led
+    /// elsewhere are forwarded (proxy mode, unless `may_forward` is false: a request
+    /// forwarded here already) or answered `NotLeader` with the leader.
+    pub async fn route(
+        &self,
+        header: RequestHeader,
+        request: Request,
+        payload: Vec<u8>,
+        may_forward: bool,
+    ) -> (Response, Vec<u8>) {
+        let Some(cluster) = self.cluster.clone() else {
+            return self.handle_local(header, request, payload).await;
+        };
+        let (request, payload) = match self
+            .handle_cluster(&cluster, &header, request, payload, may_forward)
+            .await
+        {
+            Ok(answer) => return answer,
+            Err(local) => local,
+        };
+        let tp = crate::cluster_service::request_tp(&request);
+        let (mut response, payload) = self.handle_local(header, request, payload).await;
+        if let Some(tp) = tp {
+            crate::cluster_service::add_leader(&cluster, &tp, &mut response);
+        }
+        (response, payload)
+    }
+
+    /// The single-node handling (and, in cluster mode, what this node serves itself).
+    async fn handle_local(
         &self,
         _header: RequestHeader,
         request: Request,
@@ -167,8 +230,8 @@ impl BrokerService {
             }
             Request::ClusterStatus => (Response::ClusterStatus(Ok(self.status())), vec![]),
             Request::InitProducer => {
-                let e = ErrorBody::new(ErrorCode::InvalidRequest, "not yet");
-                (Response::InitProducer(Err(e)), vec![])
+                let r = crate::producer_ids::init_producer(self.producer_ids.clone()).await;
+                (Response::InitProducer(r), vec![])
             }
             Request::DescribeCluster => {
                 let topics = self.engine.topics();
@@ -207,6 +270,19 @@ impl BrokerService {
         }
     }
 
+    /// Stats of the partitions of `name` this node hosts (cluster mode: the engine's
+    /// registry does not list them).
+    pub(crate) async fn engine_stats_for(&self, name: &str) -> Vec<sluice_node::PartitionStats> {
+        match self.engine.stats().await {
+            Ok(s) => s
+                .partitions()
+                .filter(|p| p.tp.topic == name)
+                .cloned()
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     fn broker(&self) -> BrokerInfo {
         BrokerInfo {
             node_id: self.me.node_id,
@@ -214,7 +290,14 @@ impl BrokerService {
         }
     }
 
-    fn partition(&self, topic: &str, partition: u32) -> Result<TopicPartition, ErrorBody> {
+    pub(crate) fn partition(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<TopicPartition, ErrorBody> {
+        if let Some(c) = &self.cluster {
+            return crate::cluster_service::partition(c, topic, partition);
+        }
         let Some(info) = self.engine.topic(topic) else {
             return Err(ErrorBody::new(
                 ErrorCode::UnknownTopic,
@@ -347,6 +430,20 @@ pub fn engine_error(e: EngineError) -> ErrorBody {
             ErrorBody::new(ErrorCode::StorageFailed, msg)
         }
         EngineError::PartitionExists(_) => ErrorBody::new(ErrorCode::Unknown, msg),
+        // Definite: the idempotent producer's batch was not appended by this request.
+        EngineError::DuplicateSequence {
+            base_offset: Some(base_offset),
+            last_offset: Some(last_offset),
+        } => {
+            ErrorBody::new(ErrorCode::DuplicateSequence, msg).with_detail(ErrorDetail::Duplicate {
+                base_offset,
+                last_offset,
+            })
+        }
+        EngineError::DuplicateSequence { .. } => ErrorBody::new(ErrorCode::DuplicateSequence, msg),
+        EngineError::OutOfOrderSequence { .. } | EngineError::ProducerFenced { .. } => {
+            ErrorBody::new(ErrorCode::OutOfOrderSequence, msg)
+        }
     }
 }
 

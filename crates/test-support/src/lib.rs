@@ -154,9 +154,25 @@ pub struct BrokerBuilder {
     binary: Option<PathBuf>,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
+    addrs: Option<(SocketAddr, SocketAddr)>,
+    ca: Option<PathBuf>,
 }
 
 impl BrokerBuilder {
+    /// Listens on these QUIC and admin addresses (kept across restarts; no retry on
+    /// other ports) instead of free ports picked at start.
+    pub fn addrs(mut self, quic: SocketAddr, admin: SocketAddr) -> Self {
+        self.addrs = Some((quic, admin));
+        self
+    }
+
+    /// The CA clients trust (default: the dev CA in the data directory), which must
+    /// exist before the broker counts as ready.
+    pub fn ca(mut self, ca: impl Into<PathBuf>) -> Self {
+        self.ca = Some(ca.into());
+        self
+    }
+
     /// An extra command-line argument, after `--data-dir`, `--listen` and
     /// `--admin-listen` (e.g. `--shards`, `--config`).
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
@@ -195,10 +211,15 @@ impl BrokerBuilder {
         std::fs::create_dir_all(&self.data_dir).expect("create the data dir");
         let mut log = self.data_dir.as_os_str().to_owned();
         log.push(".server.log");
+        let (addr, admin) = self
+            .addrs
+            .unwrap_or_else(|| (free_udp_addr(), free_tcp_addr()));
         let mut broker = Broker {
             child: None,
-            addr: free_udp_addr(),
-            admin: free_tcp_addr(),
+            addr,
+            admin,
+            fixed_addrs: self.addrs.is_some(),
+            ca: self.ca,
             binary: self.binary.unwrap_or_else(|| server_binary().to_path_buf()),
             data_dir: self.data_dir,
             args: self.args,
@@ -218,6 +239,8 @@ pub struct Broker {
     child: Option<Child>,
     addr: SocketAddr,
     admin: SocketAddr,
+    fixed_addrs: bool,
+    ca: Option<PathBuf>,
     binary: PathBuf,
     data_dir: PathBuf,
     args: Vec<OsString>,
@@ -242,6 +265,8 @@ impl Broker {
             binary: None,
             args: Vec::new(),
             envs: Vec::new(),
+            addrs: None,
+            ca: None,
         }
     }
 
@@ -271,7 +296,9 @@ impl Broker {
 
     /// The dev CA the server generated, which clients trust.
     pub fn ca_path(&self) -> PathBuf {
-        self.data_dir.join("tls").join("ca.pem")
+        self.ca
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("tls").join("ca.pem"))
     }
 
     /// The server's log file (stdout and stderr of every start, appended).
@@ -362,14 +389,20 @@ impl Broker {
     fn spawn_ready(&mut self) {
         assert!(self.child.is_none(), "the broker is already running");
         for attempt in 1..=START_ATTEMPTS_MAX {
-            if attempt > 1 {
+            if attempt > 1 && !self.fixed_addrs {
                 self.addr = free_udp_addr();
                 self.admin = free_tcp_addr();
             }
             self.spawn();
             match self.wait_ready() {
                 Ok(()) => return,
-                Err(status) if status.code() == Some(EXIT_LISTEN) => continue,
+                Err(status) if status.code() == Some(EXIT_LISTEN) => {
+                    if self.fixed_addrs {
+                        // A port of a killed predecessor may linger a moment.
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    continue;
+                }
                 Err(status) => panic!(
                     "sluice-server exited early ({status}):\n{}",
                     self.log_text()
@@ -482,3 +515,6 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
         .to_owned();
     Some((status, body))
 }
+
+pub mod cluster;
+pub mod netproxy;

@@ -165,7 +165,10 @@ impl FakeBroker {
             }))),
             other => Reply::new(Response::failed(
                 other.kind(),
-                ErrorBody::new(ErrorCode::InvalidRequest, "the fake broker does not do that"),
+                ErrorBody::new(
+                    ErrorCode::InvalidRequest,
+                    "the fake broker does not do that",
+                ),
             )),
         }
     }

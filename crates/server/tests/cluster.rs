@@ -1,0 +1,345 @@
+//! Three real `sluice-server` processes in cluster mode on loopback: the controller
+//! elects a leader, topics are created with three replicas, acks=all writes land on
+//! each partition's leader (other nodes answer `NotLeader` with the leader, or forward
+//! in proxy mode), killing a leader elects another that keeps every acknowledged
+//! record, and all three restart with their data.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use sluice_client::wire::{Acks, ErrorCode, ErrorDetail, TopicConfig};
+use sluice_client::{Client, ClientError, ClientTls};
+use sluice_proto::{batches, BatchBuilder, Limits};
+use sluice_test_support::cluster::TestCluster;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice-server");
+
+fn batch(values: &[String]) -> Vec<u8> {
+    let mut b = BatchBuilder::new(Limits::default());
+    for v in values {
+        b.push(1_700_000_000_000, None, Some(v.as_bytes()), &[])
+            .unwrap();
+    }
+    b.finish().unwrap()
+}
+
+/// One client per node, by node id.
+struct Clients {
+    by_node: BTreeMap<u32, Client>,
+}
+
+impl Clients {
+    async fn connect(c: &TestCluster) -> Clients {
+        let mut by_node = BTreeMap::new();
+        for a in &c.addrs {
+            let client = Client::connect(a.quic, ClientTls::ca_file(c.ca_path()))
+                .await
+                .unwrap();
+            by_node.insert(a.id as u32, client);
+        }
+        Clients { by_node }
+    }
+
+    fn any(&self) -> &Client {
+        self.by_node.values().next().unwrap()
+    }
+
+    /// Creates a topic through any node, retrying while the controller elects.
+    async fn create(&self, name: &str, partitions: u32) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut last = None;
+            for c in self.by_node.values() {
+                match c
+                    .create_topic(name, partitions, TopicConfig::default())
+                    .await
+                {
+                    Ok(_) => return,
+                    // An earlier attempt that timed out on its way back did create it.
+                    Err(ClientError::Broker(b)) if b.code == ErrorCode::TopicExists => return,
+                    Err(e) => last = Some(e),
+                }
+            }
+            assert!(Instant::now() < deadline, "create {name}: {last:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Produces one batch with acks=all, following `NotLeader` hints; retries other
+    /// errors (nothing here needs exactly-once: every value is unique and the reader
+    /// checks it sees each acked one at least once and never twice via duplicates
+    /// counted separately).
+    async fn produce(&self, topic: &str, partition: u32, values: &[String]) -> Result<u64, String> {
+        let payload = batch(values);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut target: u32 = *self.by_node.keys().next().unwrap();
+        loop {
+            let client = &self.by_node[&target];
+            match client
+                .produce(topic, partition, &payload, Acks::All, 5_000)
+                .await
+            {
+                Ok(ok) => return Ok(ok.base_offset),
+                Err(ClientError::Broker(body)) if body.code == ErrorCode::NotLeader => {
+                    if let ErrorDetail::NotLeader {
+                        leader: Some(l), ..
+                    } = body.detail
+                    {
+                        if self.by_node.contains_key(&l) {
+                            target = l;
+                            continue;
+                        }
+                    }
+                    target = next_node(&self.by_node, target);
+                }
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    target = next_node(&self.by_node, target);
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+            if Instant::now() > deadline {
+                return Err("no leader accepted the write in time".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every committed value of a partition, read from its leader.
+    async fn read_all(&self, topic: &str, partition: u32) -> Vec<(u64, String)> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "no leader served {topic}/{partition}"
+            );
+            'node: for client in self.by_node.values() {
+                let mut out = Vec::new();
+                let mut offset = 0;
+                loop {
+                    let (ok, payload) =
+                        match client.fetch(topic, partition, offset, 1 << 20, 0).await {
+                            Ok(r) => r,
+                            Err(_) => continue 'node,
+                        };
+                    for b in batches(&payload, &Limits::default()) {
+                        let b = b.unwrap();
+                        for r in b.records() {
+                            if r.offset >= offset {
+                                out.push((
+                                    r.offset,
+                                    String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
+                                ));
+                            }
+                        }
+                    }
+                    if ok.next_offset >= ok.high_watermark || ok.batches == 0 {
+                        return out;
+                    }
+                    offset = ok.next_offset;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn next_node(nodes: &BTreeMap<u32, Client>, after: u32) -> u32 {
+    nodes
+        .keys()
+        .copied()
+        .find(|&k| k > after)
+        .unwrap_or_else(|| *nodes.keys().next().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_and_route_to_leaders() {
+    let _ = BIN;
+    let cluster = TestCluster::start(3, false);
+    let clients = Clients::connect(&cluster).await;
+    clients.create("events", 3).await;
+    let meta = clients
+        .any()
+        .metadata(Some(vec!["events".into()]))
+        .await
+        .unwrap();
+    assert_eq!(meta.brokers.len(), 3);
+    let t = &meta.topics[0];
+    assert_eq!(t.partitions.len(), 3);
+    for p in &t.partitions {
+        assert_eq!(p.replicas.len(), 3, "{p:?}");
+    }
+    let mut acked = Vec::new();
+    for i in 0..30u32 {
+        let p = i % 3;
+        let values: Vec<String> = (0..10).map(|j| format!("v-{i}-{j}")).collect();
+        let base = clients.produce("events", p, &values).await.unwrap();
+        acked.push((p, base, values));
+    }
+    for p in 0..3 {
+        let read = clients.read_all("events", p).await;
+        let want: Vec<(u64, String)> = acked
+            .iter()
+            .filter(|(q, _, _)| *q == p)
+            .flat_map(|(_, base, vs)| {
+                vs.iter()
+                    .enumerate()
+                    .map(move |(i, v)| (base + i as u64, v.clone()))
+            })
+            .collect();
+        assert_eq!(read, want, "partition {p}");
+    }
+}
+
+/// Leader of `topic`/`partition` per node `via`'s metadata.
+async fn leader(clients: &Clients, topic: &str, partition: u32) -> Option<u32> {
+    for c in clients.by_node.values() {
+        if let Ok(m) = c.metadata(Some(vec![topic.into()])).await {
+            if let Some(l) = m
+                .topics
+                .first()
+                .and_then(|t| t.partitions.get(partition as usize))
+                .and_then(|p| p.leader)
+            {
+                return Some(l);
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_and_keeps_every_acked_write() {
+    let mut cluster = TestCluster::start(3, false);
+    let mut clients = Clients::connect(&cluster).await;
+    clients.create("fo", 1).await;
+    let mut acked: Vec<(u64, Vec<String>)> = Vec::new();
+    for i in 0..20u32 {
+        let values: Vec<String> = (0..5).map(|j| format!("a-{i}-{j}")).collect();
+        acked.push((clients.produce("fo", 0, &values).await.unwrap(), values));
+    }
+    let old = leader(&clients, "fo", 0).await.expect("a leader");
+    cluster.node(u64::from(old)).kill();
+    clients.by_node.remove(&old);
+    let t0 = Instant::now();
+    let first = clients
+        .produce("fo", 0, &["first".to_owned()])
+        .await
+        .unwrap();
+    eprintln!("first write acknowledged {:?} after the kill", t0.elapsed());
+    acked.push((first, vec!["first".to_owned()]));
+    for i in 20..40u32 {
+        let values: Vec<String> = (0..5).map(|j| format!("a-{i}-{j}")).collect();
+        acked.push((clients.produce("fo", 0, &values).await.unwrap(), values));
+    }
+    eprintln!("20 more writes by {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    let new = leader(&clients, "fo", 0).await.expect("a new leader");
+    assert_ne!(new, old);
+    let read = clients.read_all("fo", 0).await;
+    eprintln!("read back by {:?}", t0.elapsed());
+    let want: Vec<(u64, String)> = acked
+        .iter()
+        .flat_map(|(base, vs)| {
+            vs.iter()
+                .enumerate()
+                .map(move |(i, v)| (base + i as u64, v.clone()))
+        })
+        .collect();
+    assert_eq!(read, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_three_restart_and_keep_their_data() {
+    let mut cluster = TestCluster::start(3, false);
+    let clients = Clients::connect(&cluster).await;
+    clients.create("kept", 2).await;
+    let mut acked = Vec::new();
+    for i in 0..10u32 {
+        let values: Vec<String> = (0..5).map(|j| format!("k-{i}-{j}")).collect();
+        acked.push((
+            i % 2,
+            clients.produce("kept", i % 2, &values).await.unwrap(),
+            values,
+        ));
+    }
+    drop(clients);
+    for n in &mut cluster.nodes {
+        let status = n.terminate();
+        assert!(status.success(), "{status}");
+    }
+    for n in &mut cluster.nodes {
+        n.restart();
+    }
+    let clients = Clients::connect(&cluster).await;
+    for p in 0..2 {
+        let read = clients.read_all("kept", p).await;
+        let want: Vec<(u64, String)> = acked
+            .iter()
+            .filter(|(q, _, _)| *q == p)
+            .flat_map(|(_, base, vs)| {
+                vs.iter()
+                    .enumerate()
+                    .map(move |(i, v)| (base + i as u64, v.clone()))
+            })
+            .collect();
+        assert_eq!(read, want, "partition {p}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_minority_accepts_no_writes() {
+    let cluster = TestCluster::start_with(3, false, true);
+    let clients = Clients::connect(&cluster).await;
+    clients.create("split", 3).await;
+    // Wait for node 3 to lead some partition (the preferred leaders spread 1/1/1).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let p3 = loop {
+        let mut found = None;
+        for p in 0..3 {
+            if leader(&clients, "split", p).await == Some(3) {
+                found = Some(p);
+            }
+        }
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "node 3 leads no partition");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    clients
+        .produce("split", p3, &["before".to_owned()])
+        .await
+        .unwrap();
+    cluster.isolate(3);
+    // Node 3 alone: every write sent to it for the next seconds fails (it cannot reach
+    // a quorum), whatever it answers.
+    let minority = &clients.by_node[&3];
+    let t0 = Instant::now();
+    let mut attempts = 0;
+    while t0.elapsed() < Duration::from_secs(3) {
+        let v = format!("minority-{attempts}");
+        let r = minority
+            .produce("split", p3, &batch(&[v]), Acks::All, 500)
+            .await;
+        assert!(r.is_err(), "the isolated node acknowledged a write: {r:?}");
+        attempts += 1;
+    }
+    assert!(attempts > 0);
+    // The majority elects a new leader for the partition and takes writes.
+    let mut majority = Clients {
+        by_node: BTreeMap::new(),
+    };
+    for id in [1u32, 2] {
+        majority.by_node.insert(id, clients.by_node[&id].clone());
+    }
+    majority
+        .produce("split", p3, &["after".to_owned()])
+        .await
+        .unwrap();
+    cluster.heal();
+    // Healed: node 3 rejoins; what it took while alone was never committed.
+    let read = majority.read_all("split", p3).await;
+    let values: Vec<&str> = read.iter().map(|(_, v)| v.as_str()).collect();
+    assert_eq!(values, vec!["before", "after"]);
+}
