@@ -1,5 +1,5 @@
 //! DESIGN §6: the pure crates name no runtime, socket or file edge. This fails if
-//! `sluice-proto`, `sluice-storage`, `sluice-replica` or `sluice-engine` ever depends, directly or transitively, on
+//! `sluice-proto`, `sluice-storage`, `sluice-replica`, `sluice-controller` or `sluice-engine` ever depends, directly or transitively, on
 //! glommio, tokio, quinn, io-uring or memmap2.
 
 use std::process::Command;
@@ -13,6 +13,7 @@ fn pure_crates_reach_no_runtime() {
         "sluice-proto",
         "sluice-storage",
         "sluice-replica",
+        "sluice-controller",
         "sluice-engine",
     ] {
         let out = Command::new(env!("CARGO"))

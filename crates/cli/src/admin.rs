@@ -2,7 +2,9 @@
 
 use serde::Serialize;
 use sluice_client::transport::Client;
-use sluice_proto::wire::{ErrorCode, PartitionMetadata, TopicConfig};
+use sluice_proto::wire::{
+    ClusterStatus, ErrorCode, NodeStatus, PartitionMetadata, TopicConfig, TopicMetadata,
+};
 
 use crate::cli::Output;
 use crate::encode::{or_dash, table};
@@ -74,16 +76,23 @@ pub async fn create(
     client: &Client,
     name: &str,
     partitions: u32,
+    replication_factor: Option<u32>,
     config: TopicConfig,
     output: Output,
 ) -> Result<(), Fail> {
     if partitions == 0 {
         return Err(Fail::usage("--partitions must be at least 1"));
     }
-    let created = client
-        .create_topic(name, partitions, config)
-        .await
-        .map_err(|e| Fail::client(&format!("create topic '{name}'"), &e))?;
+    let context = format!("create topic '{name}'");
+    let created = match replication_factor {
+        None => client.create_topic(name, partitions, config).await,
+        Some(rf) => {
+            client
+                .create_topic_replicated(name, partitions, Some(rf), config)
+                .await
+        }
+    }
+    .map_err(|e| Fail::client(&context, &e))?;
     match output {
         Output::Text => emit(&format!(
             "created topic {} with {} partitions",
@@ -233,9 +242,14 @@ pub async fn delete(client: &Client, name: &str, output: Output) -> Result<(), F
 }
 
 #[derive(Serialize)]
-struct BrokerJson<'a> {
+struct NodeJson<'a> {
     node_id: u32,
     addr: &'a str,
+    peer_addr: &'a str,
+    alive: bool,
+    last_heard_ms: Option<u64>,
+    leaders: u32,
+    replicas: u32,
 }
 
 #[derive(Serialize)]
@@ -256,100 +270,284 @@ struct ClusterJson<'a> {
     cluster_id: &'a str,
     node_id: u32,
     controller: Option<u32>,
-    brokers: Vec<BrokerJson<'a>>,
+    nodes: Vec<NodeJson<'a>>,
     topic_count: u32,
     partition_count: u32,
-    topics: Vec<TopicLeadersJson<'a>>,
+    /// Partitions hosted by the answering node whose group has no known leader.
+    leaderless: u32,
+    /// `null` when the metadata request failed (a warning went to stderr).
+    topics: Option<Vec<TopicLeadersJson<'a>>>,
+    /// Whether every node is alive, there is a controller and no partition is leaderless.
+    healthy: bool,
 }
 
-pub async fn cluster_status(client: &Client, output: Output) -> Result<(), Fail> {
-    let cluster = client
-        .describe_cluster()
+/// `last_heard_ms` in words: `self` for the answering node, `never`, `850ms`, `12.3s`.
+pub fn heard_text(node: &NodeStatus, answering: u32) -> String {
+    match node.last_heard_ms {
+        None if node.node_id == answering => "self".to_owned(),
+        None => "never".to_owned(),
+        Some(ms) if ms < 1000 => format!("{ms}ms ago"),
+        Some(ms) => format!("{:.1}s ago", ms as f64 / 1000.0),
+    }
+}
+
+/// Partitions without a leader in the metadata.
+fn leaderless_in(topics: &[TopicMetadata]) -> usize {
+    topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .filter(|p| p.leader.is_none())
+        .count()
+}
+
+/// What `--check` tests: every node alive, a controller, no leaderless partition (on
+/// the answering node, nor in the metadata).
+fn healthy(status: &ClusterStatus, topics: Option<&[TopicMetadata]>) -> bool {
+    status.nodes.iter().all(|n| n.alive)
+        && status.controller.is_some()
+        && status.leaderless == 0
+        && topics.is_none_or(|t| leaderless_in(t) == 0)
+}
+
+pub async fn cluster_status(client: &Client, check: bool, output: Output) -> Result<(), Fail> {
+    let status = client
+        .cluster_status()
         .await
-        .map_err(|e| Fail::client("describe cluster", &e))?;
-    let mut metadata = client
-        .metadata(None)
-        .await
-        .map_err(|e| Fail::client("metadata", &e))?;
-    metadata.topics.sort_by(|a, b| a.name.cmp(&b.name));
-    match output {
-        Output::Text => {
-            let mut text = format!(
-                "cluster {} (answered by node {}, controller {})\n\nbrokers: {}\n",
-                cluster.cluster_id,
-                cluster.node_id,
-                or_dash(cluster.controller),
-                cluster.brokers.len(),
-            );
-            let rows: Vec<Vec<String>> = cluster
-                .brokers
-                .iter()
-                .map(|b| vec![b.node_id.to_string(), b.addr.clone()])
-                .collect();
-            text.push_str(&table(&["NODE", "ADDRESS"], &rows));
-            text.push_str(&format!(
-                "\ntopics: {}, partitions: {}\n",
-                cluster.topics, cluster.partitions
-            ));
-            let rows: Vec<Vec<String>> = metadata
-                .topics
-                .iter()
-                .map(|t| {
-                    let mut leaders: Vec<u32> =
-                        t.partitions.iter().filter_map(|p| p.leader).collect();
-                    leaders.sort_unstable();
-                    leaders.dedup();
-                    let leaderless = t.partitions.iter().filter(|p| p.leader.is_none()).count();
-                    let leaders: Vec<String> = leaders.iter().map(u32::to_string).collect();
-                    vec![
-                        t.name.clone(),
-                        t.partitions.len().to_string(),
-                        if leaders.is_empty() {
-                            "-".to_owned()
-                        } else {
-                            leaders.join(",")
-                        },
-                        leaderless.to_string(),
-                    ]
-                })
-                .collect();
-            text.push_str(&table(
-                &["TOPIC", "PARTITIONS", "LEADERS", "WITHOUT_LEADER"],
-                &rows,
-            ));
-            emit(&text);
+        .map_err(|e| Fail::client("cluster status", &e))?;
+    // The per-topic leaders come from metadata; a cluster without a controller may not
+    // answer it, and the node table is still worth printing.
+    let topics = match client.metadata(None).await {
+        Ok(mut m) => {
+            m.topics.sort_by(|a, b| a.name.cmp(&b.name));
+            Some(m.topics)
         }
+        Err(e) => {
+            eprintln!("sluice: warning: {}", Fail::client("metadata", &e));
+            None
+        }
+    };
+    let ok = healthy(&status, topics.as_deref());
+    match output {
+        Output::Text => emit(&status_text(&status, topics.as_deref(), ok)),
         Output::Json => emit_json(&ClusterJson {
-            cluster_id: &cluster.cluster_id,
-            node_id: cluster.node_id,
-            controller: cluster.controller,
-            brokers: cluster
-                .brokers
+            cluster_id: &status.cluster_id,
+            node_id: status.node_id,
+            controller: status.controller,
+            nodes: status
+                .nodes
                 .iter()
-                .map(|b| BrokerJson {
-                    node_id: b.node_id,
-                    addr: &b.addr,
+                .map(|n| NodeJson {
+                    node_id: n.node_id,
+                    addr: &n.addr,
+                    peer_addr: &n.peer_addr,
+                    alive: n.alive,
+                    last_heard_ms: n.last_heard_ms,
+                    leaders: n.leaders,
+                    replicas: n.replicas,
                 })
                 .collect(),
-            topic_count: cluster.topics,
-            partition_count: cluster.partitions,
-            topics: metadata
-                .topics
-                .iter()
-                .map(|t| TopicLeadersJson {
-                    name: &t.name,
-                    partitions: t
-                        .partitions
-                        .iter()
-                        .map(|p| PartitionLeaderJson {
-                            partition: p.partition,
-                            leader: p.leader,
-                            replicas: &p.replicas,
-                        })
-                        .collect(),
-                })
-                .collect(),
+            topic_count: status.topics,
+            partition_count: status.partitions,
+            leaderless: status.leaderless,
+            topics: topics.as_ref().map(|topics| {
+                topics
+                    .iter()
+                    .map(|t| TopicLeadersJson {
+                        name: &t.name,
+                        partitions: t
+                            .partitions
+                            .iter()
+                            .map(|p| PartitionLeaderJson {
+                                partition: p.partition,
+                                leader: p.leader,
+                                replicas: &p.replicas,
+                            })
+                            .collect(),
+                    })
+                    .collect()
+            }),
+            healthy: ok,
         })?,
     }
+    if check && !ok {
+        return Err(Fail::broker(
+            "cluster not healthy: a node is down, there is no controller, or a partition has \
+             no leader (see the status above)",
+        ));
+    }
     Ok(())
+}
+
+/// The text form of `cluster status`.
+pub fn status_text(status: &ClusterStatus, topics: Option<&[TopicMetadata]>, ok: bool) -> String {
+    let alive = status.nodes.iter().filter(|n| n.alive).count();
+    let mut text = format!(
+        "cluster {} (answered by node {}, controller {}): {}\n\nnodes: {}, alive: {}\n",
+        status.cluster_id,
+        status.node_id,
+        or_dash(status.controller),
+        if ok { "healthy" } else { "NOT HEALTHY" },
+        status.nodes.len(),
+        alive,
+    );
+    let rows: Vec<Vec<String>> = status
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.node_id.to_string(),
+                n.addr.clone(),
+                if n.peer_addr.is_empty() {
+                    "-".to_owned()
+                } else {
+                    n.peer_addr.clone()
+                },
+                if n.alive { "yes" } else { "NO" }.to_owned(),
+                heard_text(n, status.node_id),
+                n.leaders.to_string(),
+                n.replicas.to_string(),
+            ]
+        })
+        .collect();
+    text.push_str(&table(
+        &[
+            "NODE",
+            "ADDRESS",
+            "PEER_ADDRESS",
+            "ALIVE",
+            "LAST_HEARD",
+            "LEADERS",
+            "REPLICAS",
+        ],
+        &rows,
+    ));
+    text.push_str(&format!(
+        "\ntopics: {}, partitions: {}, leaderless on node {}: {}\n",
+        status.topics, status.partitions, status.node_id, status.leaderless
+    ));
+    let Some(topics) = topics else {
+        text.push_str("(per-topic leaders unavailable: the metadata request failed)\n");
+        return text;
+    };
+    if topics.is_empty() {
+        return text;
+    }
+    let rows: Vec<Vec<String>> = topics
+        .iter()
+        .map(|t| {
+            let mut leaders: Vec<u32> = t.partitions.iter().filter_map(|p| p.leader).collect();
+            leaders.sort_unstable();
+            leaders.dedup();
+            let leaderless = t.partitions.iter().filter(|p| p.leader.is_none()).count();
+            let leaders: Vec<String> = leaders.iter().map(u32::to_string).collect();
+            vec![
+                t.name.clone(),
+                t.partitions.len().to_string(),
+                if leaders.is_empty() {
+                    "-".to_owned()
+                } else {
+                    leaders.join(",")
+                },
+                leaderless.to_string(),
+            ]
+        })
+        .collect();
+    text.push('\n');
+    text.push_str(&table(
+        &["TOPIC", "PARTITIONS", "LEADERS", "WITHOUT_LEADER"],
+        &rows,
+    ));
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_proto::wire::PartitionMetadata;
+
+    fn node(id: u32, alive: bool, heard: Option<u64>) -> NodeStatus {
+        NodeStatus {
+            node_id: id,
+            addr: format!("127.0.0.1:700{id}"),
+            peer_addr: format!("127.0.0.1:710{id}"),
+            alive,
+            last_heard_ms: heard,
+            leaders: 1,
+            replicas: 3,
+        }
+    }
+
+    fn status(nodes: Vec<NodeStatus>, controller: Option<u32>, leaderless: u32) -> ClusterStatus {
+        ClusterStatus {
+            cluster_id: "sluice".into(),
+            node_id: 1,
+            controller,
+            nodes,
+            topics: 1,
+            partitions: 3,
+            leaderless,
+        }
+    }
+
+    #[test]
+    fn status_text_shows_liveness_and_health() {
+        let s = status(
+            vec![
+                node(1, true, None),
+                node(2, true, Some(120)),
+                node(3, false, Some(12_345)),
+            ],
+            Some(2),
+            0,
+        );
+        let topics = vec![TopicMetadata {
+            name: "demo".into(),
+            error: None,
+            partitions: vec![
+                PartitionMetadata {
+                    partition: 0,
+                    leader: Some(2),
+                    replicas: vec![1, 2, 3],
+                },
+                PartitionMetadata {
+                    partition: 1,
+                    leader: None,
+                    replicas: vec![1, 2, 3],
+                },
+            ],
+        }];
+        assert!(!healthy(&s, Some(&topics)));
+        let text = status_text(&s, Some(&topics), false);
+        assert!(text.contains("controller 2): NOT HEALTHY"), "{text}");
+        assert!(text.contains("nodes: 3, alive: 2"), "{text}");
+        assert!(text.contains("self"), "{text}");
+        assert!(text.contains("120ms ago"), "{text}");
+        assert!(text.contains("12.3s ago"), "{text}");
+        let row3 = text
+            .lines()
+            .find(|l| l.starts_with("3 "))
+            .expect("row of node 3");
+        assert!(row3.contains(" NO "), "{row3}");
+        let demo = text
+            .lines()
+            .find(|l| l.starts_with("demo"))
+            .expect("demo row");
+        assert_eq!(
+            demo.split_whitespace().collect::<Vec<_>>(),
+            ["demo", "2", "2", "1"]
+        );
+
+        let all_up = status(
+            vec![node(1, true, None), node(2, true, Some(5))],
+            Some(1),
+            0,
+        );
+        assert!(healthy(&all_up, None));
+        assert!(!healthy(&status(vec![node(1, true, None)], None, 0), None));
+        assert!(!healthy(
+            &status(vec![node(1, true, None)], Some(1), 1),
+            None
+        ));
+        assert_eq!(heard_text(&node(2, false, None), 1), "never");
+    }
 }

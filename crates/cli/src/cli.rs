@@ -5,6 +5,10 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sluice_proto::wire::Acks;
 
+use sluice_cli::layout::{
+    parse_node_spec, BASE_PORT_DEFAULT, CLUSTER_ID_DEFAULT, LOCAL_DIR_DEFAULT,
+};
+
 use crate::time::parse_rfc3339_ms;
 
 /// Where the dev broker (`sluice-server` with no arguments) listens.
@@ -96,6 +100,10 @@ pub enum TopicCommand {
         /// Roll the active segment at this size (broker default when not given).
         #[arg(long, value_name = "BYTES")]
         segment_bytes: Option<u64>,
+        /// Replicas per partition (cluster mode; without it the cluster's default, 3 when
+        /// it has 3 or more nodes).
+        #[arg(long, value_name = "R", value_parser = clap::value_parser!(u32).range(1..))]
+        replication_factor: Option<u32>,
     },
     /// List topics with their partition counts.
     List,
@@ -107,8 +115,87 @@ pub enum TopicCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Brokers, controller, topics and partition leaders.
-    Status,
+    /// Every node with its liveness as the answering node sees it, the controller,
+    /// leaderless partitions, and each topic's partition leaders.
+    Status {
+        /// Exit 1 unless every node is alive, there is a controller and no partition
+        /// is without a leader (for scripts, e.g. between the steps of a rolling restart).
+        #[arg(long)]
+        check: bool,
+    },
+    /// Write a cluster CA and one certificate per node (no broker needed).
+    Certs(CertsArgs),
+    /// Run a local cluster: certificates, one config and one `sluice-server` per node,
+    /// until Ctrl-C or SIGTERM (no broker needed).
+    Up(UpArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Files in DIR: ca.pem (every node and client trusts it), ca.key (keep \
+it offline; only needed to issue node certificates), node-<ID>.pem and node-<ID>.key (one \
+pair per node). Each node certificate names node-<ID>.sluice.internal, localhost, \
+127.0.0.1 and the given hosts. An existing CA in DIR (ca.pem + ca.key) is reused; the \
+listed nodes' certificates are issued anew."
+)]
+pub struct CertsArgs {
+    /// Directory to write into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Issue certificates for nodes 1..=N.
+    #[arg(long, value_name = "N", required_unless_present = "node")]
+    pub nodes: Option<u64>,
+    /// A node and the addresses it is reached at, e.g. `--node 1=10.0.0.1,sluice-1.example`
+    /// (repeat per node); adds to --nodes.
+    #[arg(long, value_name = "ID[=HOST,...]", value_parser = parse_node_spec)]
+    pub node: Vec<(u64, Vec<String>)>,
+    /// An extra DNS name or IP for every node's certificate (repeatable), e.g. a load
+    /// balancer's name.
+    #[arg(long, value_name = "HOST")]
+    pub host: Vec<String>,
+    /// The cluster's name, in the CA certificate's common name.
+    #[arg(long, default_value = CLUSTER_ID_DEFAULT)]
+    pub cluster_id: String,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Ports (loopback): node ID takes client QUIC BASE+ID (UDP), admin \
+HTTP BASE+80+ID (TCP) and peer links BASE+100+ID (UDP); with the default base 7000: \
+7001.., 7081.., 7101... Layout: DIR/certs/, DIR/node-<ID>.toml, DIR/node-<ID>/data/, \
+DIR/node-<ID>/server.log. Re-running on the same DIR reuses its certificates and data \
+(the node configs are rewritten). Exit: 0 after a clean stop, 1 when a node failed to \
+start or did not stop cleanly, 2 usage."
+)]
+pub struct UpArgs {
+    /// Number of nodes (ids 1..=N).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub nodes: u64,
+    /// Directory for certificates, configs, data and logs.
+    #[arg(long, default_value = LOCAL_DIR_DEFAULT, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Base of the port ranges (see below).
+    #[arg(long, default_value_t = BASE_PORT_DEFAULT, value_name = "P")]
+    pub base_port: u16,
+    /// Nodes forward produce and fetch to the partition's leader instead of answering
+    /// NotLeader.
+    #[arg(long)]
+    pub proxy: bool,
+    /// The `sluice-server` binary (default: next to this `sluice`, else on $PATH).
+    #[arg(long, value_name = "PATH")]
+    pub server_bin: Option<PathBuf>,
+    /// Engine shards per node.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub shards: usize,
+    /// Cluster name (`cluster_id`, and the CA's name when it is created).
+    #[arg(long, default_value = CLUSTER_ID_DEFAULT)]
+    pub cluster_id: String,
+    /// How long every node together may take to answer /ready.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub ready_timeout_secs: u64,
+    /// On stop, how long the nodes may take to exit after SIGTERM before SIGKILL.
+    #[arg(long, default_value_t = 20, value_name = "SECS")]
+    pub stop_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

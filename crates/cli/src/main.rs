@@ -7,13 +7,15 @@
 //! Model: parse the command line (clap; a usage error exits 2 before anything else), dial
 //! the broker (failure exits 3), run one command on a single-threaded tokio runtime, print
 //! results to stdout and one error line to stderr. Exit codes are in `fail.rs` and the
-//! crate README.
+//! crate README. `cluster certs` and `cluster up` need no broker (`local.rs`); their pure
+//! parts are the library's `layout` module.
 
 mod admin;
 mod cli;
 mod consume;
 mod encode;
 mod fail;
+mod local;
 mod produce;
 mod time;
 
@@ -51,8 +53,17 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> Result<(), Fail> {
-    let client = connect(&cli).await?;
     let output = cli.output;
+    match &cli.command {
+        Command::Cluster {
+            command: ClusterCommand::Certs(args),
+        } => return local::certs(args, output),
+        Command::Cluster {
+            command: ClusterCommand::Up(args),
+        } => return local::up(args, output).await,
+        _ => {}
+    }
+    let client = connect(&cli).await?;
     let result = match cli.command {
         Command::Topic { command } => match command {
             TopicCommand::Create {
@@ -61,21 +72,33 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 retention_ms,
                 retention_bytes,
                 segment_bytes,
+                replication_factor,
             } => {
                 let config = sluice_proto::wire::TopicConfig {
                     retention_bytes,
                     retention_ms,
                     segment_bytes,
                 };
-                admin::create(&client, &name, partitions, config, output).await
+                admin::create(
+                    &client,
+                    &name,
+                    partitions,
+                    replication_factor,
+                    config,
+                    output,
+                )
+                .await
             }
             TopicCommand::List => admin::list(&client, output).await,
             TopicCommand::Describe { name } => admin::describe(&client, &name, output).await,
             TopicCommand::Delete { name } => admin::delete(&client, &name, output).await,
         },
         Command::Cluster {
-            command: ClusterCommand::Status,
-        } => admin::cluster_status(&client, output).await,
+            command: ClusterCommand::Status { check },
+        } => admin::cluster_status(&client, check, output).await,
+        Command::Cluster {
+            command: ClusterCommand::Certs(_) | ClusterCommand::Up(_),
+        } => Ok(()), // handled above, without a connection
         Command::Produce(args) => produce::run(&client, args, output).await,
         Command::Consume(args) => consume::run(&client, args, output).await,
     };

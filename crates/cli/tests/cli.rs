@@ -327,9 +327,12 @@ fn cluster_status_json_parses() {
     assert_eq!(lines.len(), 1);
     let s = &lines[0];
     assert!(s["cluster_id"].is_string(), "{s}");
-    let brokers = s["brokers"].as_array().expect("brokers");
-    assert_eq!(brokers.len(), 1);
-    assert!(brokers[0]["addr"].is_string(), "{s}");
+    let nodes = s["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 1);
+    assert!(nodes[0]["addr"].is_string(), "{s}");
+    assert_eq!(nodes[0]["alive"], true, "{s}");
+    assert_eq!(s["healthy"], true, "{s}");
+    assert_eq!(s["leaderless"], 0, "{s}");
     assert_eq!(s["topic_count"], 2);
     assert_eq!(s["partition_count"], 5);
     let topics = s["topics"].as_array().expect("topics");
@@ -341,8 +344,58 @@ fn cluster_status_json_parses() {
             .len(),
         3
     );
-    let text = broker.ok(&["cluster", "status"], b"").stdout;
-    assert!(text.contains("brokers: 1"), "{text}");
+    let text = broker.ok(&["cluster", "status", "--check"], b"").stdout;
+    assert!(text.contains("nodes: 1, alive: 1"), "{text}");
+    assert!(text.contains("ALIVE"), "{text}");
+}
+
+#[test]
+fn replication_factor_goes_to_the_broker() {
+    let broker = start_broker();
+    let created = broker.ok(
+        &[
+            "topic",
+            "create",
+            "one",
+            "--partitions",
+            "2",
+            "--replication-factor",
+            "1",
+            "--output",
+            "json",
+        ],
+        b"",
+    );
+    assert_eq!(created.json_lines()[0]["partitions"], 2);
+    // A single-node broker keeps one replica: the broker's refusal, exit 1.
+    let three = broker.run(
+        &[
+            "topic",
+            "create",
+            "three",
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "3",
+        ],
+        b"",
+    );
+    assert_eq!(three.status.code(), Some(1), "{three:?}");
+    assert!(three.stderr.contains("InvalidConfig"), "{}", three.stderr);
+    // 0 is a usage error (clap, exit 2), refused before connecting.
+    let zero = broker.run(
+        &[
+            "topic",
+            "create",
+            "zero",
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "0",
+        ],
+        b"",
+    );
+    assert_eq!(zero.status.code(), Some(2), "{zero:?}");
 }
 
 #[test]

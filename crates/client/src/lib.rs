@@ -21,10 +21,14 @@
 //!   argument), shared with the simulator.
 //!
 //! Delivery guarantees: with the default `acks = All` a record's future resolves `Ok`
-//! only once the broker has it fsynced. The producer is not idempotent: retries of
-//! failures that may have appended (timeouts, a connection lost after the request
-//! left) are off by default ([`ProducerConfig::retry_indeterminate`]), because they may
-//! duplicate records; definite retriable failures are retried with backoff.
+//! only once the broker has it fsynced. The producer is idempotent by default
+//! ([`ProducerConfig::idempotence`]): every batch carries a producer id (from the
+//! broker's `InitProducer`) and a per-partition sequence, so failures that may have
+//! appended (timeouts, a connection lost after the request left) are retried without
+//! duplicating records, and a partition's records land once each, in `send` order.
+//! Without idempotence such retries are off by default
+//! ([`ProducerConfig::retry_indeterminate`]), because they may duplicate records;
+//! definite retriable failures are retried with backoff either way.
 //!
 //! ```no_run
 //! use sluice_client::wire::TopicConfig;
@@ -68,6 +72,7 @@
 pub mod consumer;
 pub mod error;
 pub mod producer;
+mod routing;
 pub mod session;
 pub mod transport;
 

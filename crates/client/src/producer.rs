@@ -15,20 +15,37 @@
 //! through retries too (a retried batch goes back to the front of its partition's
 //! queue). `in_flight_max` bounds the requests in flight over all partitions.
 //!
+//! Idempotence ([`ProducerConfig::idempotence`], on by default). Before its first batch
+//! the producer asks the broker for a producer id (`InitProducer`); records wait for it
+//! as they wait for metadata. Every batch is stamped, when it is sealed, with the id,
+//! its partition's epoch and the partition's next base sequence; a retry resends the
+//! same bytes. The broker refuses a batch that does not continue its partition's
+//! sequence, and answers a batch it appended already with `DuplicateSequence` and the
+//! offsets it got, which resolves the records as acknowledged (a `DuplicateSequence`
+//! without offsets, for a sequence older than the broker remembers, fails the batch with
+//! that code: the records were appended, where is not known). So indeterminate failures
+//! can be, and are, retried without duplicating records. A batch that fails for good
+//! (retries exhausted, a definite refusal, `OutOfOrderSequence`, its delivery timeout)
+//! starts its partition over at the next epoch and sequence 0, re-stamping the batches
+//! queued behind it, so the partition does not stall on the failed batch's gap. A broker
+//! that refuses `InitProducer` (one without idempotence) fails the records with
+//! [`ClientError::Config`] saying so; set `idempotence = false` for such a broker.
+//!
 //! Failures. Every failed record resolves its [`DeliveryFuture`] with a
 //! [`DeliveryError`] that says whether the record may be in the log
 //! ([`WriteOutcome`]): it is indeterminate if *any* attempt was. Retriable definite
 //! failures (`NotLeader`, `UnknownTopic` after a metadata refresh, `Throttled`,
 //! `TooManyRequests`, `ShuttingDown`, a refused stream, a failed reconnect) are retried
 //! up to `retries` times with exponential backoff. A definite non-retriable failure
-//! (`CorruptBatch`, `Unauthorized`, ...) fails at once. An indeterminate failure (a
-//! timeout, a connection lost after the request left, `RequestTimedOut`,
-//! `Interrupted`) fails at once too unless [`ProducerConfig::retry_indeterminate`] is
-//! set: this producer is not idempotent, so such a retry may append the batch twice
-//! (duplicates, never reordering). A record still waiting to be sent or retried
-//! `delivery_timeout_ms` after `send` fails with a timeout. While the broker cannot be
-//! reached, one request at a time probes the connection (with backoff) rather than
-//! every partition dialing and waiting out the connect timeout in turn.
+//! (`CorruptBatch`, `Unauthorized`, `OutOfOrderSequence`, ...) fails at once. An
+//! indeterminate failure (a timeout, a connection lost after the request left,
+//! `RequestTimedOut`, `Interrupted`, and with idempotence `StorageFailed`) is retried
+//! like a definite one by the idempotent producer. Without idempotence it fails at once
+//! unless [`ProducerConfig::retry_indeterminate`] is set, since such a retry may append
+//! the batch twice (duplicates, never reordering). A record still waiting to be sent or
+//! retried `delivery_timeout_ms` after `send` fails with a timeout. While the broker
+//! cannot be reached, one request at a time probes the connection (with backoff) rather
+//! than every partition dialing and waiting out the connect timeout in turn.
 //!
 //! Metadata. The first record for a topic fetches its partition count (a `Metadata`
 //! request) and caches it; `NotLeader`, `UnknownTopic` and `UnknownPartition` answers
@@ -48,15 +65,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use sluice_proto::wire::{
     validate_topic_name, Acks, ErrorCode, ErrorDetail, FrameError, MetadataOk, ProduceOk,
-    WriteOutcome,
+    ProducerIdOk, WriteOutcome,
 };
 use sluice_proto::{Limits, HEADER_LEN};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ClientError;
 use crate::session::{
-    record_bytes_max, Accumulator, BatchConfig, Outcome, PartitionStrategy, Partitioner,
-    ReadyBatch, RecordRef, RetryPolicy, SendQueue,
+    classify_failure, record_bytes_max, Accumulator, BatchConfig, Outcome, PartitionStrategy,
+    Partitioner, ProduceFailure, ReadyBatch, RecordRef, RetryPolicy, SendQueue,
 };
 use crate::transport::Client;
 
@@ -108,12 +125,21 @@ pub struct ProducerConfig {
     pub retry_backoff_ms: u64,
     /// Cap on the retry backoff. Default 5 s.
     pub retry_backoff_max_ms: u64,
-    /// Whether failures that may have appended the batch (timeouts, a connection lost
-    /// after the request left, `RequestTimedOut`, `Interrupted`) are retried. Default
-    /// **off**: this producer is not idempotent, so such a retry may write the records
-    /// twice. With it on, records are still never reordered within a partition, but may
-    /// be duplicated.
+    /// Without [`idempotence`](Self::idempotence): whether failures that may have
+    /// appended the batch (timeouts, a connection lost after the request left,
+    /// `RequestTimedOut`, `Interrupted`) are retried. Default **off**: such a retry may
+    /// write the records twice. With it on, records are still never reordered within a
+    /// partition, but may be duplicated. The idempotent producer always retries them
+    /// (without duplicates), whatever this says.
     pub retry_indeterminate: bool,
+    /// The idempotent producer. Default **on**: the producer gets a producer id from the
+    /// broker (`InitProducer`) before its first batch and stamps every batch with it and a
+    /// per-partition sequence, so the broker drops a retried batch it already appended
+    /// (answering with the original offsets). Indeterminate failures are then retried
+    /// safely: each record is appended at most once per partition, in `send` order.
+    /// Needs a broker that answers `InitProducer`; off, batches carry no producer id and
+    /// `retry_indeterminate` decides.
+    pub idempotence: bool,
     /// How long the broker may wait for a batch's durability before answering
     /// `RequestTimedOut` (the request's `timeout_ms`). The client itself gives up
     /// [`ClientOptions::request_timeout`](crate::ClientOptions::request_timeout) after
@@ -146,6 +172,7 @@ impl Default for ProducerConfig {
             retry_backoff_ms: RETRY_BACKOFF_MS_DEFAULT,
             retry_backoff_max_ms: RETRY_BACKOFF_MAX_MS_DEFAULT,
             retry_indeterminate: false,
+            idempotence: true,
             request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
             delivery_timeout_ms: DELIVERY_TIMEOUT_MS_DEFAULT,
             partitioner: PartitionStrategy::KeyHash,
@@ -189,7 +216,8 @@ impl ProducerConfig {
             retries: self.retries,
             backoff_ms: self.retry_backoff_ms,
             backoff_max_ms: self.retry_backoff_max_ms,
-            retry_indeterminate: self.retry_indeterminate,
+            // Safe with idempotence: the broker recognises a batch sent again.
+            retry_indeterminate: self.retry_indeterminate || self.idempotence,
         }
     }
 }
@@ -606,6 +634,35 @@ impl TopicState {
     fn has_work(&self) -> bool {
         !self.waiting.is_empty() || !self.accumulator.is_empty() || self.queue.pending() > 0
     }
+
+    /// A batch of `partition` failed for good: an idempotent producer starts the
+    /// partition's sequences over and re-stamps the batches waiting behind it (see
+    /// `Accumulator::restart_sequences`). Nothing to do without idempotence.
+    fn restart_sequences(&mut self, partition: u32) {
+        let TopicState {
+            accumulator, queue, ..
+        } = self;
+        let waiting = queue.waiting_mut(partition).map(|b| &mut b.bytes);
+        if let Err(e) = accumulator.restart_sequences(partition, waiting) {
+            tracing::error!(partition, error = %e, "cannot start the partition's sequences over");
+        }
+    }
+}
+
+/// The idempotent producer's id, as the driver knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProducerId {
+    /// Idempotence is off: batches carry no producer id.
+    Off,
+    /// Not asked for yet, or the last attempt failed for good (records that arrive ask
+    /// again).
+    Idle,
+    /// `InitProducer` in flight or waiting out its backoff; records wait.
+    Pending,
+    Ready {
+        producer_id: i64,
+        epoch: i16,
+    },
 }
 
 enum Done {
@@ -620,6 +677,9 @@ enum Done {
     Metadata {
         topic: Arc<str>,
         result: Result<MetadataOk, ClientError>,
+    },
+    InitProducer {
+        result: Result<ProducerIdOk, ClientError>,
     },
 }
 
@@ -645,6 +705,10 @@ struct Driver {
     closes: Vec<oneshot::Sender<()>>,
     closing: bool,
     link: Link,
+    /// The idempotent producer's id.
+    producer_id: ProducerId,
+    /// `InitProducer` attempts failed in a row.
+    init_failures: u32,
 }
 
 /// The connection as the producer sees it. After a failure to connect, only one
@@ -671,8 +735,15 @@ impl Driver {
             buffer_bytes_max: usize::MAX,
             limits: config.batch_limits,
         };
+        let producer_id = if config.idempotence {
+            ProducerId::Idle
+        } else {
+            ProducerId::Off
+        };
         Driver {
             client,
+            producer_id,
+            init_failures: 0,
             policy: config.retry_policy(),
             config,
             batch_config,
@@ -692,6 +763,11 @@ impl Driver {
 
     fn now_ms(&self) -> i64 {
         i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Whether records may be batched: the producer id is known, or not needed.
+    fn id_ready(&self) -> bool {
+        matches!(self.producer_id, ProducerId::Off | ProducerId::Ready { .. })
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
@@ -754,10 +830,15 @@ impl Driver {
         let now = self.now_ms();
         let batch_config = self.batch_config;
         let strategy = self.config.partitioner;
+        let ready = self.id_ready();
         let topic = match self.topics.get_key_value(submitted.record.topic.as_str()) {
             Some((name, _)) => name.clone(),
             None => {
                 let name: Arc<str> = Arc::from(submitted.record.topic.as_str());
+                let mut accumulator = Accumulator::new(batch_config);
+                if let ProducerId::Ready { producer_id, epoch } = self.producer_id {
+                    accumulator.set_producer(producer_id, epoch);
+                }
                 self.topics.insert(
                     name.clone(),
                     TopicState {
@@ -766,7 +847,9 @@ impl Driver {
                         meta_failures: 0,
                         waiting: VecDeque::new(),
                         partitioner: Partitioner::new(strategy),
-                        accumulator: Accumulator::new(batch_config),
+                        accumulator,
+                        // One request in flight per partition: order, and (idempotent)
+                        // the re-stamping of what waits behind a failed batch.
                         queue: SendQueue::new(1),
                     },
                 );
@@ -776,7 +859,7 @@ impl Driver {
         let Some(t) = self.topics.get_mut(&topic) else {
             return;
         };
-        if t.meta == Meta::Fresh && t.waiting.is_empty() {
+        if t.meta == Meta::Fresh && t.waiting.is_empty() && ready {
             if let Some(resolved) = push_record(t, now, seq, *submitted) {
                 self.unresolved.remove(&resolved);
             }
@@ -787,6 +870,10 @@ impl Driver {
 
     /// Seals what is due, queues sealed batches, starts metadata fetches and sends.
     fn pump(&mut self) {
+        if self.producer_id == ProducerId::Idle && self.topics.values().any(TopicState::has_work) {
+            self.producer_id = ProducerId::Pending;
+            self.init_producer(Duration::ZERO);
+        }
         let now = self.now_ms();
         let mut need_metadata = Vec::new();
         // While a flush or the close waits, nothing lingers (records sent meanwhile go
@@ -811,9 +898,14 @@ impl Driver {
                 t.queue
                     .enqueue(ready.partition, Batch::sealed(ready, delivery_timeout_ms));
             }
-            for (_, batch) in t.queue.drain_expired(|b| b.deadline_ms <= now) {
+            let mut restart = BTreeSet::new();
+            for (partition, batch) in t.queue.drain_expired(|b| b.deadline_ms <= now) {
                 t.accumulator.release(batch.bytes.len());
                 expired.push((name.clone(), batch));
+                restart.insert(partition);
+            }
+            for partition in restart {
+                t.restart_sequences(partition);
             }
         }
         for topic in need_metadata {
@@ -885,6 +977,81 @@ impl Driver {
                     result,
                 }
             }));
+        }
+    }
+
+    fn init_producer(&mut self, delay: Duration) {
+        let client = self.client.clone();
+        self.work.push(Box::pin(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let result = client.init_producer().await;
+            Done::InitProducer { result }
+        }));
+    }
+
+    fn init_producer_done(&mut self, result: Result<ProducerIdOk, ClientError>) {
+        match result {
+            Ok(ok) => {
+                tracing::debug!(
+                    producer_id = ok.producer_id,
+                    epoch = ok.producer_epoch,
+                    "producer id"
+                );
+                self.producer_id = ProducerId::Ready {
+                    producer_id: ok.producer_id,
+                    epoch: ok.producer_epoch,
+                };
+                self.init_failures = 0;
+                let now = self.now_ms();
+                let mut resolved = Vec::new();
+                for t in self.topics.values_mut() {
+                    t.accumulator
+                        .set_producer(ok.producer_id, ok.producer_epoch);
+                    if t.meta == Meta::Fresh {
+                        while let Some(w) = t.waiting.pop_front() {
+                            resolved.extend(push_record(t, now, w.seq, *w.submitted));
+                        }
+                    }
+                }
+                for seq in resolved {
+                    self.unresolved.remove(&seq);
+                }
+            }
+            Err(error) => {
+                self.init_failures += 1;
+                if error.is_retriable() && self.init_failures <= self.config.retries {
+                    let delay = self.policy.backoff_after(self.init_failures);
+                    tracing::debug!(%error, "InitProducer retry");
+                    self.init_producer(Duration::from_millis(delay));
+                    return;
+                }
+                self.producer_id = ProducerId::Idle;
+                self.init_failures = 0;
+                // A broker answer (e.g. `InvalidRequest` from a broker that does not know
+                // the request) means it cannot give ids: say what to do about it.
+                let error = match error {
+                    ClientError::Broker(e) => ClientError::Config(format!(
+                        "idempotent producer: the broker gave no producer id ({e}); a broker \
+                         without idempotence needs ProducerConfig::idempotence = false"
+                    )),
+                    other => other,
+                };
+                tracing::warn!(%error, "no producer id");
+                let mut failed = Vec::new();
+                for t in self.topics.values_mut() {
+                    failed.extend(t.waiting.drain(..));
+                }
+                for w in failed {
+                    self.unresolved.remove(&w.seq);
+                    let _ = w.submitted.tx.send(Err(DeliveryError {
+                        error: error.clone(),
+                        outcome: WriteOutcome::Definite,
+                        attempts: 0,
+                    }));
+                }
+            }
         }
     }
 
@@ -962,6 +1129,7 @@ impl Driver {
                 self.produced(topic, partition, batch, result);
             }
             Done::Metadata { topic, result } => self.metadata(topic, result),
+            Done::InitProducer { result } => self.init_producer_done(result),
         }
         self.answer_flushes();
     }
@@ -974,6 +1142,7 @@ impl Driver {
         result: Result<ProduceOk, ClientError>,
     ) {
         let now = self.now_ms();
+        let idempotent = self.config.idempotence;
         let Some(t) = self.topics.get_mut(&topic) else {
             // Topics are never removed, so this is a bug; fail the records rather than
             // losing their futures.
@@ -981,6 +1150,30 @@ impl Driver {
             return;
         };
         let records = batch.records.len() as u64;
+        let facts = result.as_ref().err().map(|e| {
+            classify_failure(
+                idempotent,
+                e.broker_error(),
+                e.is_retriable(),
+                e.write_outcome(),
+            )
+        });
+        // An idempotent producer's batch that an earlier attempt appended: acknowledged
+        // at the offsets it got then.
+        let result = match (result, facts) {
+            (
+                Err(_),
+                Some(ProduceFailure::AlreadyAppended {
+                    base_offset,
+                    last_offset,
+                }),
+            ) => Ok(ProduceOk {
+                base_offset,
+                last_offset,
+                log_start: 0,
+            }),
+            (result, _) => result,
+        };
         let result = result.and_then(|ok| {
             // Pair check with the batch we built: the broker must have given it exactly
             // one offset per record.
@@ -1012,7 +1205,10 @@ impl Driver {
             }
             Err(error) => {
                 batch.failures += 1;
-                let outcome = error.write_outcome();
+                let (retriable, outcome) = match facts {
+                    Some(ProduceFailure::Failed { retriable, outcome }) => (retriable, outcome),
+                    _ => (error.is_retriable(), error.write_outcome()),
+                };
                 if outcome == WriteOutcome::Indeterminate {
                     batch.indeterminate = true;
                 }
@@ -1020,13 +1216,10 @@ impl Driver {
                     ErrorDetail::Throttled { retry_after_ms } => Some(retry_after_ms),
                     _ => None,
                 });
-                match self.policy.decide(
-                    now,
-                    batch.failures,
-                    error.is_retriable(),
-                    outcome,
-                    retry_after_ms,
-                ) {
+                match self
+                    .policy
+                    .decide(now, batch.failures, retriable, outcome, retry_after_ms)
+                {
                     Outcome::RetryAt(at) => {
                         tracing::debug!(%topic, partition, %error, failures = batch.failures, "produce retry");
                         let refresh = error.broker_error().is_some_and(|e| {
@@ -1046,6 +1239,7 @@ impl Driver {
                     Outcome::Done | Outcome::Failed => {
                         t.queue.complete(partition, Outcome::Failed, None);
                         t.accumulator.release(batch.bytes.len());
+                        t.restart_sequences(partition);
                         self.fail_batch(&topic, batch, error);
                     }
                 }
@@ -1055,6 +1249,7 @@ impl Driver {
 
     fn metadata(&mut self, topic: Arc<str>, result: Result<MetadataOk, ClientError>) {
         let now = self.now_ms();
+        let ready = self.id_ready();
         let delivery_timeout_ms = self.config.delivery_timeout_ms;
         let answer = result.and_then(|ok| {
             let Some(tm) = ok.topics.into_iter().find(|tm| *tm.name == *topic) else {
@@ -1092,12 +1287,19 @@ impl Driver {
                         t.queue
                             .enqueue(ready.partition, Batch::sealed(ready, delivery_timeout_ms));
                     }
-                    for (_, batch) in t.queue.drain_waiting(partitions) {
+                    let mut restart = BTreeSet::new();
+                    for (partition, batch) in t.queue.drain_waiting(partitions) {
                         t.accumulator.release(batch.bytes.len());
                         failed.push(batch);
+                        restart.insert(partition);
+                    }
+                    for partition in restart {
+                        t.restart_sequences(partition);
                     }
                 }
-                while let Some(w) = t.waiting.pop_front() {
+                // Records also wait for the producer id (idempotence); they are batched
+                // when it comes.
+                while let Some(w) = ready.then(|| t.waiting.pop_front()).flatten() {
                     if let Some(resolved) = push_record(t, now, w.seq, *w.submitted) {
                         self.unresolved.remove(&resolved);
                     }
@@ -1144,13 +1346,19 @@ impl Driver {
         let waiting: Vec<Waiting> = t.waiting.drain(..).collect();
         t.accumulator.seal_all();
         let mut batches = Vec::new();
+        let mut restart = BTreeSet::new();
         while let Some(ready) = t.accumulator.poll_ready(now) {
             t.accumulator.release(ready.bytes.len());
+            restart.insert(ready.partition);
             batches.push(Batch::sealed(ready, delivery_timeout_ms));
         }
-        for (_, batch) in t.queue.drain_waiting(0) {
+        for (partition, batch) in t.queue.drain_waiting(0) {
             t.accumulator.release(batch.bytes.len());
+            restart.insert(partition);
             batches.push(batch);
+        }
+        for partition in restart {
+            t.restart_sequences(partition);
         }
         for w in waiting {
             self.unresolved.remove(&w.seq);

@@ -16,12 +16,110 @@
 //!    to the front of its partition's queue, after a backoff), or failed;
 //!    [`RetryPolicy::decide`] says which, from the error's facts;
 //! 6. [`Accumulator::release`] the batch's bytes once it is done or failed for good.
+//!
+//! The idempotent producer (`proto/PROTOCOL.md`, "Idempotent producer"): once the
+//! broker gave a producer id ([`Accumulator::set_producer`]), every batch is stamped
+//! when it is sealed with the id, its partition's epoch and the partition's next base
+//! sequence ([`Sequences`]); a retry resends the same bytes, so the broker recognises
+//! it. When a batch fails for good, [`Accumulator::restart_sequences`] starts its
+//! partition over (epoch + 1, sequence 0) and re-stamps the batches queued behind it,
+//! which were never sent (one request in flight per partition), so the failed
+//! batch's sequences leave no gap the broker would refuse.
 #![warn(missing_docs)]
 
 use std::collections::{BTreeMap, VecDeque};
 
-use sluice_proto::wire::WriteOutcome;
-use sluice_proto::{BatchBuilder, BatchError, Limits};
+use sluice_proto::wire::{ErrorBody, ErrorCode, ErrorDetail, WriteOutcome};
+use sluice_proto::{BatchBuilder, BatchError, BatchView, Limits};
+
+/// Sequences run `0..=i32::MAX`, then wrap to 0 (as Kafka's do).
+pub fn add_sequence(sequence: i32, delta: u32) -> i32 {
+    let modulus = i64::from(i32::MAX) + 1;
+    let sum = (i64::from(sequence) + i64::from(delta)).rem_euclid(modulus);
+    i32::try_from(sum).unwrap_or(0)
+}
+
+/// An idempotent producer's stamps: its id, and per partition the epoch and the base
+/// sequence of the next batch. A partition starts at the producer's epoch and sequence
+/// 0; [`restart`](Self::restart) moves it to the next epoch, sequence 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sequences {
+    producer_id: i64,
+    epoch: i16,
+    partitions: BTreeMap<u32, (i16, i32)>,
+}
+
+/// Why a partition's sequences cannot start over.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SequenceError {
+    /// The partition used every epoch up to `i16::MAX`: the producer needs a new id.
+    #[error("producer epoch exhausted on this partition; use a new producer")]
+    EpochExhausted,
+    /// A queued batch could not be re-stamped.
+    #[error("cannot re-stamp a batch: {0}")]
+    Batch(BatchError),
+}
+
+impl Sequences {
+    /// The stamps of producer `producer_id` at `epoch`, every partition at sequence 0.
+    pub fn new(producer_id: i64, epoch: i16) -> Self {
+        Self {
+            producer_id,
+            epoch,
+            partitions: BTreeMap::new(),
+        }
+    }
+
+    /// The producer id.
+    pub fn producer_id(&self) -> i64 {
+        self.producer_id
+    }
+
+    /// The epoch and base sequence the next batch of `partition` gets.
+    pub fn peek(&self, partition: u32) -> (i16, i32) {
+        self.partitions
+            .get(&partition)
+            .copied()
+            .unwrap_or((self.epoch, 0))
+    }
+
+    /// The epoch and base sequence of a batch of `records` records on `partition`; the
+    /// partition's next batch starts after it.
+    pub fn take(&mut self, partition: u32, records: u32) -> (i16, i32) {
+        let (epoch, base) = self.peek(partition);
+        let next = add_sequence(base, records);
+        self.partitions.insert(partition, (epoch, next));
+        (epoch, base)
+    }
+
+    /// Starts `partition` over at the next epoch, sequence 0 (the broker accepts a newer
+    /// epoch from sequence 0, and fences the older one). Returns the new epoch.
+    pub fn restart(&mut self, partition: u32) -> Result<i16, SequenceError> {
+        let (epoch, _) = self.peek(partition);
+        let next = epoch.checked_add(1).ok_or(SequenceError::EpochExhausted)?;
+        self.partitions.insert(partition, (next, 0));
+        Ok(next)
+    }
+}
+
+/// `batch` re-encoded with new idempotence fields (they are covered by the CRC, so the
+/// batch is built again from its records; the bytes keep their length).
+pub fn restamp(
+    batch: &[u8],
+    limits: &Limits,
+    producer_id: i64,
+    epoch: i16,
+    base_sequence: i32,
+) -> Result<Vec<u8>, BatchError> {
+    let view = BatchView::parse(batch, limits)?;
+    let mut b = BatchBuilder::new(*limits)
+        .producer(producer_id, epoch, base_sequence)
+        .control(view.header().is_control());
+    for r in view.records() {
+        b.push_record(&r.to_record())?;
+    }
+    b.finish()
+}
 
 /// The stable hash from record key to partition, shared by every Sluice SDK:
 /// FNV-1a 64 of the key bytes, modulo the partition count. Changing it moves keys
@@ -170,6 +268,27 @@ pub fn record_bytes_max(record: &RecordRef<'_>) -> usize {
         + RECORD_OVERHEAD_BYTES_MAX
 }
 
+/// Re-stamps `bytes` with `partition`'s next sequences.
+fn stamp_next(
+    seq: &mut Sequences,
+    partition: u32,
+    bytes: &mut Vec<u8>,
+    limits: &Limits,
+) -> Result<(), SequenceError> {
+    let view = BatchView::parse(bytes, limits).map_err(SequenceError::Batch)?;
+    let (epoch, base) = seq.take(partition, view.header().record_count);
+    let stamped =
+        restamp(bytes, limits, seq.producer_id(), epoch, base).map_err(SequenceError::Batch)?;
+    // Same records, same encoding: the buffer accounting still holds.
+    assert_eq!(
+        stamped.len(),
+        bytes.len(),
+        "client: re-stamp changed the size"
+    );
+    *bytes = stamped;
+    Ok(())
+}
+
 /// A sealed batch ready to send, with the caller's handle for each record.
 #[derive(Debug)]
 pub struct ReadyBatch<T> {
@@ -216,6 +335,8 @@ pub struct Accumulator<T> {
     open: BTreeMap<u32, OpenBatch<T>>,
     sealed: VecDeque<ReadyBatch<T>>,
     buffered_bytes: usize,
+    /// Set for an idempotent producer: every batch is stamped when sealed.
+    sequences: Option<Sequences>,
 }
 
 impl<T> Accumulator<T> {
@@ -226,7 +347,43 @@ impl<T> Accumulator<T> {
             open: BTreeMap::new(),
             sealed: VecDeque::new(),
             buffered_bytes: 0,
+            sequences: None,
         }
+    }
+
+    /// Stamps every batch sealed from now on as idempotent producer `producer_id` at
+    /// `epoch`, with per-partition sequences from 0. Call it before the first push.
+    pub fn set_producer(&mut self, producer_id: i64, epoch: i16) {
+        self.sequences = Some(Sequences::new(producer_id, epoch));
+    }
+
+    /// The idempotent producer's stamps, if set.
+    pub fn sequences(&self) -> Option<&Sequences> {
+        self.sequences.as_ref()
+    }
+
+    /// A batch of `partition` failed for good: starts the partition's sequences over
+    /// (next epoch, sequence 0) and re-stamps, in order, the batches that follow it and
+    /// were never sent: first `queued` (those already handed out, oldest first), then
+    /// those sealed here and not yet handed out. The open batch is stamped when sealed.
+    /// Nothing to do without a producer id.
+    pub fn restart_sequences<'a>(
+        &mut self,
+        partition: u32,
+        queued: impl IntoIterator<Item = &'a mut Vec<u8>>,
+    ) -> Result<(), SequenceError> {
+        let Some(seq) = self.sequences.as_mut() else {
+            return Ok(());
+        };
+        seq.restart(partition)?;
+        let limits = self.config.limits;
+        for bytes in queued {
+            stamp_next(seq, partition, bytes, &limits)?;
+        }
+        for b in self.sealed.iter_mut().filter(|b| b.partition == partition) {
+            stamp_next(seq, partition, &mut b.bytes, &limits)?;
+        }
+        Ok(())
     }
 
     /// Bytes held, open or sealed, not yet released: every batch's encoded bytes,
@@ -341,7 +498,15 @@ impl<T> Accumulator<T> {
             return;
         };
         let held = open.builder.encoded_len();
-        match open.builder.finish() {
+        let builder = match self.sequences.as_mut() {
+            Some(seq) if !open.builder.is_empty() => {
+                let records = u32::try_from(open.builder.len()).unwrap_or(u32::MAX);
+                let (epoch, base) = seq.take(partition, records);
+                open.builder.producer(seq.producer_id(), epoch, base)
+            }
+            _ => open.builder,
+        };
+        match builder.finish() {
             Ok(bytes) => {
                 // Pair assertion with `open_batch`/`push`: what was counted is what goes.
                 assert_eq!(bytes.len(), held, "client: batch size accounting");
@@ -472,6 +637,14 @@ impl<B> SendQueue<B> {
         })
     }
 
+    /// The batches waiting (not in flight) on `partition`, in queue order.
+    pub fn waiting_mut(&mut self, partition: u32) -> impl Iterator<Item = &mut B> {
+        self.queues
+            .get_mut(&partition)
+            .into_iter()
+            .flat_map(|q| q.waiting.iter_mut())
+    }
+
     /// Queues a batch behind `partition`'s others.
     pub fn enqueue(&mut self, partition: u32, batch: B) {
         self.queue(partition).waiting.push_back(batch);
@@ -579,6 +752,67 @@ impl<B> SendQueue<B> {
     }
 }
 
+/// How a producer reads a failed produce: an acknowledgement after all, or a failure
+/// with the facts [`RetryPolicy::decide`] takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProduceFailure {
+    /// `DuplicateSequence` with the batch's offsets: an earlier attempt of this batch
+    /// appended it there. The idempotent producer takes it as its acknowledgement.
+    AlreadyAppended {
+        /// Offset of the batch's first record.
+        base_offset: u64,
+        /// Offset of its last record.
+        last_offset: u64,
+    },
+    /// A failure: whether sending it again may succeed, and what it may have left.
+    Failed {
+        /// Whether a retry may succeed.
+        retriable: bool,
+        /// Whether this attempt may have appended the batch.
+        outcome: WriteOutcome,
+    },
+}
+
+/// Classifies a failed produce from the error's facts (`broker`: the broker's error, if
+/// it answered; `retriable` and `outcome` as `ClientError` reports them). For an
+/// idempotent producer, `DuplicateSequence` with offsets is an acknowledgement and
+/// `StorageFailed` (a poisoned partition, reopened by the broker or replaced by a new
+/// leader) is worth retrying, since a retry cannot duplicate; everything else is as
+/// reported. `OutOfOrderSequence` stays definite and not retriable: the batch fails.
+pub fn classify_failure(
+    idempotent: bool,
+    broker: Option<&ErrorBody>,
+    retriable: bool,
+    outcome: WriteOutcome,
+) -> ProduceFailure {
+    if idempotent {
+        match broker {
+            Some(ErrorBody {
+                code: ErrorCode::DuplicateSequence,
+                detail:
+                    ErrorDetail::Duplicate {
+                        base_offset,
+                        last_offset,
+                    },
+                ..
+            }) => {
+                return ProduceFailure::AlreadyAppended {
+                    base_offset: *base_offset,
+                    last_offset: *last_offset,
+                }
+            }
+            Some(e) if e.code == ErrorCode::StorageFailed => {
+                return ProduceFailure::Failed {
+                    retriable: true,
+                    outcome,
+                }
+            }
+            _ => {}
+        }
+    }
+    ProduceFailure::Failed { retriable, outcome }
+}
+
 /// When a failed send is tried again. Pure: the driver supplies the facts of the error
 /// (see `ClientError::is_retriable` and `ClientError::write_outcome`).
 ///
@@ -587,7 +821,9 @@ impl<B> SendQueue<B> {
 /// `retry_indeterminate` allows it. Without the idempotent producer, retrying an
 /// indeterminate failure (a timeout, a connection lost after the request left) may
 /// append the batch twice: order is kept (the retry goes first in its partition), but
-/// records may be duplicated. That is why `retry_indeterminate` defaults to off.
+/// records may be duplicated. That is why `retry_indeterminate` defaults to off. An
+/// idempotent producer sets it: the broker recognises a retried batch by its sequence
+/// and answers `DuplicateSequence` with the offsets it was appended at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Most retries of one batch after its first attempt.
@@ -1023,6 +1259,169 @@ mod tests {
             Outcome::RetryAt(110)
         );
         assert_eq!(policy.backoff_after(u32::MAX), 250);
+    }
+
+    fn stamp(bytes: &[u8]) -> (i64, i16, i32, u32) {
+        let h = BatchView::parse(bytes, &Limits::default()).unwrap();
+        let h = h.header();
+        (
+            h.producer_id,
+            h.producer_epoch,
+            h.base_sequence,
+            h.record_count,
+        )
+    }
+
+    #[test]
+    fn an_idempotent_producers_batches_get_consecutive_sequences_per_partition() {
+        let mut plain = Accumulator::new(cfg(100_000, 0));
+        plain
+            .push(0, 0, RecordRef::new(0, None, Some(b"v")), 0)
+            .unwrap();
+        let b = plain.poll_ready(0).unwrap();
+        assert_eq!(stamp(&b.bytes), (-1, -1, -1, 1), "not idempotent: no stamp");
+
+        let mut acc = Accumulator::new(cfg(100_000, 0));
+        acc.set_producer(42, 0);
+        let mut stamps = Vec::new();
+        for round in 0..3u32 {
+            for p in 0..2u32 {
+                for i in 0..=round + p {
+                    acc.push(0, p, RecordRef::new(0, None, Some(b"v")), i)
+                        .unwrap();
+                }
+            }
+            acc.seal_all();
+            while let Some(b) = acc.poll_ready(0) {
+                stamps.push((b.partition, stamp(&b.bytes)));
+            }
+        }
+        stamps.sort_by_key(|(p, s)| (*p, s.2));
+        assert_eq!(
+            stamps,
+            vec![
+                (0, (42, 0, 0, 1)),
+                (0, (42, 0, 1, 2)),
+                (0, (42, 0, 3, 3)),
+                (1, (42, 0, 0, 2)),
+                (1, (42, 0, 2, 3)),
+                (1, (42, 0, 5, 4)),
+            ]
+        );
+        assert_eq!(acc.sequences().unwrap().peek(0), (0, 6));
+    }
+
+    #[test]
+    fn restarting_a_partition_restamps_what_follows_the_failed_batch() {
+        let mut acc = Accumulator::new(cfg(100_000, 0));
+        acc.set_producer(7, 0);
+        let mut queue: SendQueue<Vec<u8>> = SendQueue::new(1);
+        for i in 0..4u32 {
+            acc.push(
+                0,
+                0,
+                RecordRef::new(i64::from(i), Some(b"k"), Some(b"v")),
+                i,
+            )
+            .unwrap();
+            acc.seal_all();
+            let b = acc.poll_ready(0).unwrap();
+            queue.enqueue(0, b.bytes);
+        }
+        // One more sealed but not handed out, and one on another partition.
+        acc.push(0, 0, RecordRef::new(9, None, Some(b"w")), 9)
+            .unwrap();
+        acc.push(0, 1, RecordRef::new(9, None, Some(b"x")), 10)
+            .unwrap();
+        acc.seal_all();
+        // Batch seq 0 is in flight and fails for good.
+        let (_, failed) = queue.next(0).unwrap();
+        assert_eq!(stamp(&failed).2, 0);
+        queue.complete(0, Outcome::Failed, None);
+        let before: Vec<Vec<u8>> = queue.waiting_mut(0).map(|b| b.clone()).collect();
+        acc.restart_sequences(0, queue.waiting_mut(0)).unwrap();
+        let after: Vec<(i64, i16, i32, u32)> = queue.waiting_mut(0).map(|b| stamp(b)).collect();
+        assert_eq!(after, vec![(7, 1, 0, 1), (7, 1, 1, 1), (7, 1, 2, 1)]);
+        for (old, new) in before.iter().zip(queue.waiting_mut(0)) {
+            assert_eq!(old.len(), new.len());
+            let (o, n) = (
+                BatchView::parse(old, &Limits::default()).unwrap(),
+                BatchView::parse(new, &Limits::default()).unwrap(),
+            );
+            let records =
+                |v: &BatchView<'_>| v.records().map(|r| r.to_record()).collect::<Vec<_>>();
+            assert_eq!(records(&o), records(&n), "the same records");
+        }
+        let mut rest: Vec<(u32, (i64, i16, i32, u32))> = std::iter::from_fn(|| acc.poll_ready(0))
+            .map(|b| (b.partition, stamp(&b.bytes)))
+            .collect();
+        rest.sort();
+        assert_eq!(rest, vec![(0, (7, 1, 3, 1)), (1, (7, 0, 0, 1))]);
+        acc.push(0, 0, RecordRef::new(9, None, Some(b"y")), 11)
+            .unwrap();
+        acc.seal_all();
+        assert_eq!(stamp(&acc.poll_ready(0).unwrap().bytes), (7, 1, 4, 1));
+    }
+
+    #[test]
+    fn an_idempotent_producer_reads_a_duplicate_as_its_acknowledgement() {
+        let dup = ErrorBody::new(ErrorCode::DuplicateSequence, "dup").with_detail(
+            ErrorDetail::Duplicate {
+                base_offset: 10,
+                last_offset: 12,
+            },
+        );
+        let definite = WriteOutcome::Definite;
+        assert_eq!(
+            classify_failure(true, Some(&dup), false, definite),
+            ProduceFailure::AlreadyAppended {
+                base_offset: 10,
+                last_offset: 12
+            }
+        );
+        let failed = |retriable, outcome| ProduceFailure::Failed { retriable, outcome };
+        assert_eq!(
+            classify_failure(false, Some(&dup), false, definite),
+            failed(false, definite),
+            "not idempotent: not ours"
+        );
+        let stale = ErrorBody::new(ErrorCode::DuplicateSequence, "stale");
+        assert_eq!(
+            classify_failure(true, Some(&stale), false, definite),
+            failed(false, definite)
+        );
+        let poisoned = ErrorBody::new(ErrorCode::StorageFailed, "fsync");
+        let indeterminate = WriteOutcome::Indeterminate;
+        assert_eq!(
+            classify_failure(true, Some(&poisoned), false, indeterminate),
+            failed(true, indeterminate)
+        );
+        assert_eq!(
+            classify_failure(false, Some(&poisoned), false, indeterminate),
+            failed(false, indeterminate)
+        );
+        let gap = ErrorBody::new(ErrorCode::OutOfOrderSequence, "gap");
+        assert_eq!(
+            classify_failure(true, Some(&gap), false, definite),
+            failed(false, definite)
+        );
+        assert_eq!(
+            classify_failure(true, None, true, indeterminate),
+            failed(true, indeterminate)
+        );
+    }
+
+    #[test]
+    fn sequences_wrap_and_epochs_run_out() {
+        assert_eq!(add_sequence(i32::MAX, 1), 0);
+        assert_eq!(add_sequence(i32::MAX - 1, 5), 3);
+        let mut s = Sequences::new(1, i16::MAX - 1);
+        s.partitions.insert(3, (i16::MAX - 1, i32::MAX - 1));
+        assert_eq!(s.take(3, 4), (i16::MAX - 1, i32::MAX - 1));
+        assert_eq!(s.peek(3), (i16::MAX - 1, 2));
+        assert_eq!(s.restart(3), Ok(i16::MAX));
+        assert_eq!(s.restart(3), Err(SequenceError::EpochExhausted));
+        assert_eq!(s.peek(4), (i16::MAX - 1, 0));
     }
 
     proptest::proptest! {

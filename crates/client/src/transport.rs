@@ -1,13 +1,15 @@
-//! The SDK's QUIC transport: one connection to one broker, one bidirectional stream per
-//! request (`proto/PROTOCOL.md`, "Frames and requests").
+//! The SDK's QUIC transport: a pool of connections, one per cluster node, one
+//! bidirectional stream per request (`proto/PROTOCOL.md`, "Frames and requests"), and
+//! leader routing over a metadata cache (see [`Client`] for the routing model).
 //!
 //! A [`Client`] is cheap to clone and safe to share between tasks: clones share the
-//! connection, and requests on it run concurrently, each on its own stream (the broker's
-//! `in_flight_per_connection_max` bounds how many; further requests wait for stream
-//! credit). When the connection is lost, the next request dials a new one; a request
-//! that was open on the lost connection fails with
-//! [`ClientError::ConnectionLost`] and is never retried here: retries, and their
-//! safety for writes ([`ClientError::write_outcome`]), are the producer's business.
+//! connections, and requests on one run concurrently, each on its own stream (the
+//! broker's `in_flight_per_connection_max` bounds how many; further requests wait for
+//! stream credit). A node's connection is dialed when a request first needs it; when it
+//! is lost, the next request for that node dials a new one. A request that was open on
+//! the lost connection fails with [`ClientError::ConnectionLost`] and is never re-sent
+//! here: retries of failures that may have reached the broker, and their safety for
+//! writes ([`ClientError::write_outcome`]), are the producer's business.
 //!
 //! Each request: encode and validate the frame locally (the broker would refuse what
 //! `encode_request` refuses), open a stream, write the frame, finish the send side, read
@@ -30,11 +32,12 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{
@@ -43,14 +46,17 @@ use quinn::{
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
+use sluice_proto::wire::ProducerIdOk;
 use sluice_proto::wire::{
-    decode_response, encode_request_head, read_frame_len, Acks, ClusterInfo, FetchOk, FrameLimits,
-    MetadataOk, OffsetOk, OffsetSpec, ProduceOk, Request, RequestHeader, RequestKind, Response,
-    TopicConfig, TopicDescription, TopicSummary, WriteOutcome, ALPN, APP_NO_ERROR, FRAME_LEN_BYTES,
+    decode_response, encode_request_head, read_frame_len, Acks, ClusterInfo, ClusterStatus,
+    ErrorCode, ErrorDetail, FetchOk, FrameLimits, MetadataOk, OffsetOk, OffsetSpec, ProduceOk,
+    Request, RequestHeader, RequestKind, Response, TopicConfig, TopicDescription, TopicSummary,
+    WriteOutcome, ALPN, APP_NO_ERROR, CONNECTION_ERROR_SHUTDOWN, FRAME_LEN_BYTES,
     STREAM_ERROR_CANCELLED, STREAM_ERROR_MALFORMED,
 };
 
 use crate::error::{is_refusal, ClientError};
+use crate::routing::{Route, Routes, REDIRECTS_MAX};
 
 /// The server name a [`ClientTls`] checks by default: the dev certificate's.
 pub const SERVER_NAME_DEFAULT: &str = "localhost";
@@ -185,7 +191,55 @@ impl Default for ClientOptions {
     }
 }
 
-/// A connection to one Sluice broker. `Clone + Send + Sync`; clones share the connection.
+/// A client of a Sluice cluster (or of a single broker, a cluster of one).
+/// `Clone + Send + Sync`; clones share the connections and the metadata cache.
+///
+/// # Routing
+///
+/// - **Bootstrap.** [`Client::connect`] dials the node at `addr`
+///   ([`Client::connect_cluster`]: the first of several that answers); it is only a way
+///   in. Every node's address is learned from metadata (`BrokerInfo::addr`, as the node
+///   advertises it), and each node gets its own connection, dialed when a request first
+///   needs it (with [`ClientOptions::connect_timeout`]) and redialed after it is lost.
+///   Every node must present a certificate from the same CA, valid for the same
+///   [`ClientTls::server_name`]. An advertised address with an unspecified IP
+///   (`0.0.0.0:7010`, a node advertising its listen address) is never dialed: that
+///   node's partitions are sent to any node instead.
+/// - **Metadata cache.** Topic → partition → leader node id, and node id → address.
+///   It is filled by every `Metadata` answer that passes through the client (the
+///   producer's own lookups, [`Client::metadata`]) and by `NotLeader` details, and
+///   refreshed in the background (at most one refresh in flight, at most one started
+///   per 100 ms; each asks about every topic the client has routed to) whenever a
+///   partition-addressed call finds no usable leader in it and whenever a leader is
+///   found to be gone.
+/// - **Partition-addressed calls** ([`produce`](Client::produce),
+///   [`fetch`](Client::fetch), [`list_offsets`](Client::list_offsets), and
+///   [`request`](Client::request) of those kinds) go to the partition's cached leader;
+///   with none known, to any node (one already connected first), which forwards the
+///   request or answers `NotLeader`. A `NotLeader` naming the leader (and its address)
+///   is recorded and the **same request is re-sent to that leader at once**, at most
+///   twice per call: `NotLeader` is definite, nothing was appended, so this is safe for
+///   a produce too. A `NotLeader` without a leader, a failure to reach the node
+///   ([`ClientError::Connect`], a lost connection, a timeout) or a node saying it is
+///   shutting down, timed out or was interrupted forgets the partition's leader,
+///   triggers a refresh and is returned to the caller, whose retry policy (the
+///   producer's backoff, the consumer's) takes over. Nothing else is ever re-sent here;
+///   in particular never a produce whose outcome is indeterminate. Each attempt has its
+///   own deadline (`request_timeout` plus the request's own wait).
+/// - **Any-node calls** (metadata, topic admin, [`describe_cluster`](Client::describe_cluster),
+///   [`cluster_status`](Client::cluster_status), `InitProducer`) go to a live node —
+///   connected ones first, then the bootstrap addresses in order, then the other known
+///   nodes — and fall back to the next on a failure that guarantees the request was not
+///   acted on (a failed dial, a connection found lost before the request left, a node
+///   shutting down). Nodes forward admin work to the controller themselves.
+/// - **Dead nodes.** A node whose dial failed (unreachable, or a certificate this
+///   client does not trust), or that closed its connection or refused a request because
+///   it is shutting down, is skipped for 1 s whenever another node can serve, and the
+///   partitions it led are forgotten (a refreshed cache that still names it routes
+///   around it meanwhile). So a node that cannot be reached costs one connect timeout,
+///   not one per request, and never stalls requests for partitions other nodes lead.
+///   When every node is marked dead they are dialed anyway (a single broker that is
+///   back must be reachable at once). Concurrent requests for a node share one dial.
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -193,31 +247,112 @@ pub struct Client {
 
 #[derive(Debug)]
 struct Inner {
+    /// The bootstrap node that answered the first dial.
     addr: SocketAddr,
     server_name: String,
     options: ClientOptions,
-    endpoint: Endpoint,
     quic: quinn::ClientConfig,
-    connection: RwLock<quinn::Connection>,
-    /// Serializes reconnects, so concurrent requests on a lost connection dial once.
-    reconnect: tokio::sync::Mutex<()>,
+    /// One client endpoint per address family, opened on first use.
+    endpoints: Mutex<Vec<Endpoint>>,
+    /// A connection slot per node address (`host:port`).
+    pool: Mutex<HashMap<String, Arc<NodeConnection>>>,
+    routes: Mutex<Routes>,
     closed: AtomicBool,
     next_request_id: AtomicU64,
 }
 
+/// One node's connection slot.
+#[derive(Debug)]
+struct NodeConnection {
+    addr: String,
+    connection: RwLock<Option<quinn::Connection>>,
+    /// Serializes dials, so concurrent requests for a node without a connection dial once.
+    dial: tokio::sync::Mutex<()>,
+    /// Completed dial attempts, and the error of the last one that failed: a request
+    /// that waited for someone else's dial shares its failure instead of dialing again.
+    dials: AtomicU64,
+    last_failure: Mutex<Option<ClientError>>,
+}
+
+impl NodeConnection {
+    fn new(addr: String, connection: Option<quinn::Connection>) -> NodeConnection {
+        NodeConnection {
+            addr,
+            connection: RwLock::new(connection),
+            dial: tokio::sync::Mutex::new(()),
+            dials: AtomicU64::new(0),
+            last_failure: Mutex::new(None),
+        }
+    }
+
+    /// The connection, if there is one and it is open.
+    fn live(&self) -> Option<quinn::Connection> {
+        self.connection
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
+    /// Whether the node closed the connection with `CONNECTION_ERROR_SHUTDOWN`.
+    fn closed_for_shutdown(&self) -> bool {
+        let connection = self
+            .connection
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        matches!(
+            connection.as_ref().and_then(quinn::Connection::close_reason),
+            Some(ConnectionError::ApplicationClosed(close))
+                if close.error_code == VarInt::from_u32(CONNECTION_ERROR_SHUTDOWN)
+        )
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Client {
-    /// Connects to the broker at `addr` with default [`ClientOptions`]. Must be called
-    /// within a tokio runtime.
+    /// Connects to the broker (or cluster node) at `addr` with default
+    /// [`ClientOptions`]. Must be called within a tokio runtime. In a cluster, `addr` is
+    /// only the bootstrap node: see [Routing](Client#routing).
     pub async fn connect(addr: SocketAddr, tls: ClientTls) -> Result<Client, ClientError> {
         Client::connect_with(addr, tls, ClientOptions::default()).await
     }
 
-    /// Connects to the broker at `addr`.
+    /// Connects to the broker (or cluster node) at `addr`.
     pub async fn connect_with(
         addr: SocketAddr,
         tls: ClientTls,
         options: ClientOptions,
     ) -> Result<Client, ClientError> {
+        Client::connect_cluster_with(&[addr], tls, options).await
+    }
+
+    /// Connects to a cluster through the first of the bootstrap nodes `addrs` that
+    /// answers (tried in order), with default [`ClientOptions`]. The others stay
+    /// bootstrap candidates for calls any node can serve.
+    pub async fn connect_cluster(
+        addrs: &[SocketAddr],
+        tls: ClientTls,
+    ) -> Result<Client, ClientError> {
+        Client::connect_cluster_with(addrs, tls, ClientOptions::default()).await
+    }
+
+    /// [`Client::connect_cluster`] with `options`. Fails with the error of a bootstrap
+    /// node that cannot be used (e.g. its certificate is not trusted) if there was one,
+    /// otherwise with the last node's; with `Config` if `addrs` is empty.
+    pub async fn connect_cluster_with(
+        addrs: &[SocketAddr],
+        tls: ClientTls,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        if addrs.is_empty() {
+            return Err(ClientError::Config(
+                "no bootstrap address to connect to".to_owned(),
+            ));
+        }
         let crypto = QuicClientConfig::try_from(tls.rustls_config()?)
             .map_err(|e| ClientError::Config(format!("QUIC TLS config: {e}")))?;
         let mut transport = TransportConfig::default();
@@ -231,35 +366,65 @@ impl Client {
             .max_concurrent_uni_streams(VarInt::from_u32(0));
         let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
         quic.transport_config(Arc::new(transport));
-        let bind: SocketAddr = if addr.is_ipv6() {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
-        } else {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        };
-        let endpoint = Endpoint::client(bind).map_err(|e| ClientError::Connect {
-            addr,
-            reason: format!("cannot open a UDP socket (is a tokio runtime running?): {e}"),
-            retriable: false,
-        })?;
-        let connection = dial(&endpoint, &quic, addr, &tls.server_name, &options).await?;
-        Ok(Client {
-            inner: Arc::new(Inner {
-                addr,
-                server_name: tls.server_name,
-                options,
-                endpoint,
-                quic,
-                connection: RwLock::new(connection),
-                reconnect: tokio::sync::Mutex::new(()),
-                closed: AtomicBool::new(false),
-                next_request_id: AtomicU64::new(1),
-            }),
-        })
+        let mut endpoints = Vec::new();
+        let mut unusable = None;
+        let mut last = None;
+        let mut failed: Vec<String> = Vec::new();
+        for &addr in addrs {
+            let endpoint = endpoint_for(&mut endpoints, addr)?;
+            match dial(&endpoint, &quic, addr, &tls.server_name, &options).await {
+                Ok(connection) => {
+                    let bootstrap: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                    let mut routes = Routes::new(bootstrap);
+                    let now = Instant::now();
+                    for failed in &failed {
+                        routes.node_failed(failed, now);
+                    }
+                    let key = addr.to_string();
+                    let node = NodeConnection::new(key.clone(), Some(connection));
+                    return Ok(Client {
+                        inner: Arc::new(Inner {
+                            addr,
+                            server_name: tls.server_name,
+                            options,
+                            quic,
+                            endpoints: Mutex::new(endpoints),
+                            pool: Mutex::new(HashMap::from([(key, Arc::new(node))])),
+                            routes: Mutex::new(routes),
+                            closed: AtomicBool::new(false),
+                            next_request_id: AtomicU64::new(1),
+                        }),
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "bootstrap node unavailable");
+                    failed.push(addr.to_string());
+                    if e.is_retriable() {
+                        last = Some(e);
+                    } else if unusable.is_none() {
+                        unusable = Some(e);
+                    }
+                }
+            }
+        }
+        Err(unusable
+            .or(last)
+            .unwrap_or_else(|| ClientError::Config("no bootstrap address".to_owned())))
     }
 
-    /// The broker's address.
+    /// The bootstrap node this client first connected to.
     pub fn addr(&self) -> SocketAddr {
         self.inner.addr
+    }
+
+    /// The leader of a partition as the metadata cache has it (`None`: not known yet, or
+    /// forgotten after a failure). For diagnostics: calls route by it themselves.
+    pub fn cached_leader(&self, topic: &str, partition: u32) -> Option<u32> {
+        self.routes().leader(topic, partition)
+    }
+
+    fn routes(&self) -> MutexGuard<'_, Routes> {
+        lock(&self.inner.routes)
     }
 
     /// The options this client was built with.
@@ -267,29 +432,52 @@ impl Client {
         &self.inner.options
     }
 
-    /// Closes the connection (code `APP_NO_ERROR`) for every clone, waiting briefly for
-    /// the close to reach the broker. Requests still open fail with `ConnectionLost`;
+    /// Closes every connection (code `APP_NO_ERROR`) for every clone, waiting briefly for
+    /// the closes to reach the nodes. Requests still open fail with `ConnectionLost`;
     /// later requests fail without reconnecting.
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
-        self.current()
-            .close(VarInt::from_u32(APP_NO_ERROR), b"client closed");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+        let nodes: Vec<Arc<NodeConnection>> = lock(&self.inner.pool).values().cloned().collect();
+        for node in nodes {
+            let connection = node
+                .connection
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            if let Some(connection) = connection {
+                connection.close(VarInt::from_u32(APP_NO_ERROR), b"client closed");
+            }
+        }
+        let endpoints = lock(&self.inner.endpoints).clone();
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            for endpoint in endpoints {
+                endpoint.wait_idle().await;
+            }
+        })
+        .await;
     }
 
-    fn current(&self) -> quinn::Connection {
-        self.inner
-            .connection
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    fn node(&self, addr: &str) -> Arc<NodeConnection> {
+        let mut pool = lock(&self.inner.pool);
+        if let Some(node) = pool.get(addr) {
+            return Arc::clone(node);
+        }
+        let node = Arc::new(NodeConnection::new(addr.to_owned(), None));
+        pool.insert(addr.to_owned(), Arc::clone(&node));
+        node
     }
 
-    /// The open connection, dialing a new one if the last was lost.
-    async fn connection(&self) -> Result<quinn::Connection, ClientError> {
-        let current = self.current();
-        if current.close_reason().is_none() {
-            return Ok(current);
+    fn is_connected(&self, addr: &str) -> bool {
+        lock(&self.inner.pool)
+            .get(addr)
+            .is_some_and(|node| node.live().is_some())
+    }
+
+    /// The node's open connection, dialing one if it has none or lost it. A failed dial
+    /// marks the node dead (see [Routing](Client#routing)).
+    async fn connection(&self, node: &NodeConnection) -> Result<quinn::Connection, ClientError> {
+        if let Some(connection) = node.live() {
+            return Ok(connection);
         }
         let closed = || ClientError::ConnectionLost {
             reason: "the client was closed".to_owned(),
@@ -298,43 +486,260 @@ impl Client {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(closed());
         }
-        let _dialing = self.inner.reconnect.lock().await;
-        let current = self.current();
-        if current.close_reason().is_none() {
-            return Ok(current);
+        let dials_seen = node.dials.load(Ordering::SeqCst);
+        let _dialing = node.dial.lock().await;
+        if let Some(connection) = node.live() {
+            return Ok(connection);
         }
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(closed());
         }
-        tracing::debug!(addr = %self.inner.addr, "reconnecting");
-        let fresh = dial(
-            &self.inner.endpoint,
-            &self.inner.quic,
-            self.inner.addr,
-            &self.inner.server_name,
-            &self.inner.options,
-        )
-        .await?;
-        *self
-            .inner
-            .connection
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = fresh.clone();
-        Ok(fresh)
+        if node.dials.load(Ordering::SeqCst) != dials_seen {
+            // A dial finished while this request waited, and did not leave a connection.
+            if let Some(e) = lock(&node.last_failure).clone() {
+                return Err(e);
+            }
+        }
+        tracing::debug!(addr = %node.addr, "dialing");
+        let dialed = async {
+            let addr = resolve(&node.addr, self.inner.options.connect_timeout).await?;
+            let endpoint = endpoint_for(&mut lock(&self.inner.endpoints), addr)?;
+            dial(
+                &endpoint,
+                &self.inner.quic,
+                addr,
+                &self.inner.server_name,
+                &self.inner.options,
+            )
+            .await
+        }
+        .await;
+        node.dials.fetch_add(1, Ordering::SeqCst);
+        match dialed {
+            Ok(connection) => {
+                *node
+                    .connection
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(connection.clone());
+                *lock(&node.last_failure) = None;
+                self.routes().node_ok(&node.addr);
+                if self.inner.closed.load(Ordering::SeqCst) {
+                    // `close` ran while this dial was under way and did not see it.
+                    connection.close(VarInt::from_u32(APP_NO_ERROR), b"client closed");
+                    return Err(closed());
+                }
+                Ok(connection)
+            }
+            Err(e) => {
+                tracing::debug!(addr = %node.addr, error = %e, "dial failed");
+                // Unreachable, or not a node this client can talk to (its certificate):
+                // either way, route around it for a while.
+                self.routes().node_failed(&node.addr, Instant::now());
+                *lock(&node.last_failure) = Some(e.clone());
+                Err(e)
+            }
+        }
     }
 
     /// Sends `request` with `payload` (a produce's one batch; empty otherwise) and returns
     /// the broker's response and its payload (a successful fetch's batches; empty
     /// otherwise) as they came, `Response::Error` and per-kind errors included. The
     /// response is checked to answer this request (id and kind).
+    ///
+    /// The request is routed like the typed calls (see [Routing](Client#routing)): a
+    /// `Produce`, `Fetch` or `ListOffsets` to the partition's leader, following
+    /// `NotLeader` redirects; anything else to any live node. So a response is the last
+    /// node's answer.
     pub async fn request(
         &self,
         request: Request,
         payload: &[u8],
     ) -> Result<(Response, Vec<u8>), ClientError> {
+        let prepared = self.prepare(&request, payload)?;
+        match partition_of(&request) {
+            Some((topic, partition)) => self.to_leader(topic, partition, &prepared, payload).await,
+            None => self.to_any(&prepared, payload).await,
+        }
+    }
+
+    /// A live node to send an any-node request to, not one of `tried`: see
+    /// [`Routes::candidates`]; among those, one already connected first.
+    fn pick_any(&self, tried: &[String]) -> Option<String> {
+        let candidates = self.routes().candidates(Instant::now(), tried);
+        let connected = candidates.iter().position(|a| self.is_connected(a));
+        let index = connected.unwrap_or(0);
+        candidates.into_iter().nth(index)
+    }
+
+    fn no_node(&self) -> ClientError {
+        ClientError::Connect {
+            addr: self.inner.addr,
+            reason: "no cluster node left to try".to_owned(),
+            retriable: true,
+        }
+    }
+
+    /// Asks for a background metadata refresh (including `topic`): single flight, at
+    /// most one started per `REFRESH_INTERVAL_MIN`.
+    fn refresh(&self, topic: Option<&str>) {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        if !self.routes().request_refresh(topic) {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(refresher(Arc::downgrade(&self.inner)));
+            }
+            Err(_) => self.routes().abandon_refresh(),
+        }
+    }
+
+    /// A request any node can serve, falling back to the next node while the failure
+    /// guarantees the request was not acted on.
+    async fn to_any(
+        &self,
+        prepared: &Prepared,
+        payload: &[u8],
+    ) -> Result<(Response, Vec<u8>), ClientError> {
+        let mut tried: Vec<String> = Vec::new();
+        // The first node's failure: what the caller gets when no other node does better
+        // (a fallback node's own failure says less about why the call failed).
+        let mut first = None;
+        loop {
+            let Some(target) = self.pick_any(&tried) else {
+                return first.unwrap_or_else(|| Err(self.no_node()));
+            };
+            let result = self.request_on(&target, prepared, payload).await;
+            if let Ok((Response::Metadata(Ok(meta)), _)) = &result {
+                self.routes().apply_metadata(meta);
+            }
+            let fall_back = match &result {
+                Err(ClientError::Connect { .. }) => true,
+                Err(ClientError::ConnectionLost { outcome, .. }) => {
+                    *outcome == WriteOutcome::Definite
+                }
+                Err(e) => is_shutting_down(e),
+                Ok((response, _)) => response
+                    .error()
+                    .is_some_and(|e| e.code == ErrorCode::ShuttingDown),
+            };
+            if !fall_back {
+                return match (result, first) {
+                    (Err(_), Some(first)) => first,
+                    (result, _) => result,
+                };
+            }
+            let shutting_down = match &result {
+                Err(e) => is_shutting_down(e),
+                Ok(_) => true,
+            };
+            if shutting_down {
+                // Prefer the others a while. (A failed dial, or a connection closed for
+                // shutdown, has marked it already.)
+                self.routes().node_failed(&target, Instant::now());
+            }
+            tracing::debug!(addr = %target, kind = prepared.kind.as_str(), "trying another node");
+            tried.push(target);
+            first.get_or_insert(result);
+        }
+    }
+
+    /// A partition-addressed request: to the cached leader (or any node), following
+    /// `NotLeader` redirects; see [Routing](Client#routing).
+    async fn to_leader(
+        &self,
+        topic: &str,
+        partition: u32,
+        prepared: &Prepared,
+        payload: &[u8],
+    ) -> Result<(Response, Vec<u8>), ClientError> {
+        // (The routes lock is released at the end of this statement: `refresh` and
+        // `pick_any` take it again.)
+        let (leader, look_up) = match self.routes().route(topic, partition, Instant::now()) {
+            Route::Leader(addr) => (Some(addr.to_owned()), false),
+            Route::LookUp => (None, true),
+            Route::Anywhere => (None, false),
+        };
+        if look_up {
+            // Not known, or on a node that is down: look it up (in the background,
+            // rate-bounded) and meanwhile let any node forward or redirect.
+            self.refresh(Some(topic));
+        }
+        let mut target = match leader {
+            Some(addr) => addr,
+            None => self.pick_any(&[]).ok_or_else(|| self.no_node())?,
+        };
+        let mut redirects = 0;
+        loop {
+            let result = self.request_on(&target, prepared, payload).await;
+            let error = match &result {
+                Ok((response, _)) => match response.error() {
+                    None => return result,
+                    Some(e) => e,
+                },
+                Err(e) => {
+                    if is_node_failure(e) {
+                        if is_shutting_down(e) {
+                            self.routes().node_failed(&target, Instant::now());
+                        }
+                        self.routes().invalidate(topic, partition);
+                        self.refresh(Some(topic));
+                    }
+                    return result;
+                }
+            };
+            match error.code {
+                ErrorCode::NotLeader => {
+                    let (leader, addr) = match &error.detail {
+                        ErrorDetail::NotLeader { leader, addr } => (*leader, addr.as_deref()),
+                        _ => (None, None),
+                    };
+                    let next = self.routes().apply_not_leader(
+                        topic,
+                        partition,
+                        leader,
+                        addr,
+                        Instant::now(),
+                    );
+                    match next {
+                        Some(next) if redirects < REDIRECTS_MAX && next != target => {
+                            tracing::debug!(
+                                topic,
+                                partition,
+                                from = %target,
+                                to = %next,
+                                "NotLeader: re-sending to the leader"
+                            );
+                            redirects += 1;
+                            target = next;
+                            continue;
+                        }
+                        _ => {
+                            self.routes().invalidate(topic, partition);
+                            self.refresh(Some(topic));
+                        }
+                    }
+                }
+                ErrorCode::ShuttingDown | ErrorCode::RequestTimedOut | ErrorCode::Interrupted => {
+                    if error.code == ErrorCode::ShuttingDown {
+                        self.routes().node_failed(&target, Instant::now());
+                    }
+                    self.routes().invalidate(topic, partition);
+                    self.refresh(Some(topic));
+                }
+                _ => {}
+            }
+            return result;
+        }
+    }
+
+    /// Encodes and checks the request's frame head, before any node is chosen: what the
+    /// limits refuse is refused locally, with nothing sent anywhere.
+    fn prepare(&self, request: &Request, payload: &[u8]) -> Result<Prepared, ClientError> {
         let options = &self.inner.options;
-        let kind = request.kind();
-        let wait_ms = match &request {
+        let wait_ms = match request {
             Request::Produce { timeout_ms, .. } => *timeout_ms,
             Request::Fetch { max_wait_ms, .. } => *max_wait_ms,
             _ => 0,
@@ -344,33 +749,60 @@ impl Client {
             .saturating_add(Duration::from_millis(u64::from(wait_ms)));
         let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
         let header = RequestHeader::new(request_id, options.client_id.clone());
-        let head = encode_request_head(&header, &request, payload.len(), &options.frame_limits)
+        let head = encode_request_head(&header, request, payload.len(), &options.frame_limits)
             .map_err(ClientError::InvalidRequest)?;
+        Ok(Prepared {
+            request_id,
+            kind: request.kind(),
+            head,
+            deadline,
+        })
+    }
+
+    /// One exchange with the node at `addr` (dialing it if needed), within the request's
+    /// deadline. A re-sent request (after `NotLeader`) keeps its request id.
+    async fn request_on(
+        &self,
+        addr: &str,
+        prepared: &Prepared,
+        payload: &[u8],
+    ) -> Result<(Response, Vec<u8>), ClientError> {
+        let node = self.node(addr);
         let sent = AtomicBool::new(false);
         let exchanged = tokio::time::timeout(
-            deadline,
-            self.exchange(request_id, kind, &head, payload, &sent),
+            prepared.deadline,
+            self.exchange(&node, prepared, payload, &sent),
         )
         .await;
-        match exchanged {
+        let result = match exchanged {
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout {
-                after: deadline,
+                after: prepared.deadline,
                 outcome: outcome(sent.load(Ordering::SeqCst)),
             }),
+        };
+        if matches!(result, Err(ClientError::ConnectionLost { .. })) && node.closed_for_shutdown() {
+            // The node said it is going away: route around it for a while.
+            self.routes().node_failed(addr, Instant::now());
         }
+        result
     }
 
     async fn exchange(
         &self,
-        request_id: u64,
-        kind: RequestKind,
-        head: &[u8],
+        node: &NodeConnection,
+        prepared: &Prepared,
         payload: &[u8],
         sent: &AtomicBool,
     ) -> Result<(Response, Vec<u8>), ClientError> {
+        let Prepared {
+            request_id,
+            kind,
+            ref head,
+            ..
+        } = *prepared;
         let limits = &self.inner.options.frame_limits;
-        let connection = self.connection().await?;
+        let connection = self.connection(node).await?;
         let (send, recv) = connection
             .open_bi()
             .await
@@ -550,6 +982,39 @@ impl Client {
         unpack!(response, DescribeCluster)
     }
 
+    /// Every node with its liveness and load, as the answering node sees it.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
+        let (response, _) = self.request(Request::ClusterStatus, &[]).await?;
+        unpack!(response, ClusterStatus)
+    }
+
+    /// Creates a topic with `partitions` partitions, each replicated on
+    /// `replication_factor` nodes (`None`: the cluster's default, 3 when it has 3 or more
+    /// nodes). `config` fields left `None` take the broker's defaults.
+    pub async fn create_topic_replicated(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: Option<u32>,
+        config: TopicConfig,
+    ) -> Result<TopicSummary, ClientError> {
+        let request = Request::CreateTopicReplicated {
+            name: name.to_owned(),
+            partitions,
+            replication_factor,
+            config,
+        };
+        let (response, _) = self.request(request, &[]).await?;
+        unpack!(response, CreateTopic)
+    }
+
+    /// A new idempotent producer id and epoch (`InitProducer`): stamp them on every batch,
+    /// with per-partition base sequences from 0.
+    pub async fn init_producer(&self) -> Result<ProducerIdOk, ClientError> {
+        let (response, _) = self.request(Request::InitProducer, &[]).await?;
+        unpack!(response, InitProducer)
+    }
+
     /// Appends one record batch (as built by `sluice_proto::BatchBuilder`) to a partition
     /// and returns its offsets once it is as durable as `acks` asks. The broker waits up
     /// to `timeout_ms` (1..=`wait_ms_max`) for that durability. On failure, see
@@ -613,6 +1078,125 @@ macro_rules! unpack {
     };
 }
 use unpack;
+
+/// A request's encoded frame head, checked against the limits, and its deadline.
+#[derive(Debug)]
+struct Prepared {
+    request_id: u64,
+    kind: RequestKind,
+    head: Vec<u8>,
+    deadline: Duration,
+}
+
+/// The partition a request is addressed to, for those that must reach its leader.
+fn partition_of(request: &Request) -> Option<(&str, u32)> {
+    match request {
+        Request::Produce {
+            topic, partition, ..
+        }
+        | Request::Fetch {
+            topic, partition, ..
+        }
+        | Request::ListOffsets {
+            topic, partition, ..
+        } => Some((topic, *partition)),
+        _ => None,
+    }
+}
+
+/// A failure that says the node may be unreachable or leaving: its partitions' leaders
+/// are worth looking up again.
+fn is_node_failure(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Connect { .. }
+            | ClientError::ConnectionLost { .. }
+            | ClientError::Timeout { .. }
+    ) || is_shutting_down(e)
+}
+
+/// The node refused the request unread because it is shutting down.
+fn is_shutting_down(e: &ClientError) -> bool {
+    matches!(e, ClientError::Refused { code } if *code == CONNECTION_ERROR_SHUTDOWN)
+}
+
+/// The background metadata refresher: runs rounds while they are asked for, each at
+/// least `REFRESH_INTERVAL_MIN` after the last one started. Holds the client only
+/// weakly between rounds, so it never keeps a dropped client alive for long.
+async fn refresher(inner: Weak<Inner>) {
+    loop {
+        let wait = match inner.upgrade() {
+            Some(inner) => lock(&inner.routes).refresh_wait(Instant::now()),
+            None => return,
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let client = Client { inner };
+        if client.inner.closed.load(Ordering::SeqCst) {
+            client.routes().abandon_refresh();
+            return;
+        }
+        let topics = client.routes().start_refresh(Instant::now());
+        tracing::debug!(?topics, "refreshing metadata");
+        // An answer updates the routes on its way (`to_any`).
+        if let Err(e) = client.metadata(Some(topics)).await {
+            tracing::debug!(error = %e, "metadata refresh failed");
+        }
+        if !client.routes().finish_refresh() {
+            return;
+        }
+    }
+}
+
+/// The client endpoint for `addr`'s address family, opened if there is none yet.
+fn endpoint_for(endpoints: &mut Vec<Endpoint>, addr: SocketAddr) -> Result<Endpoint, ClientError> {
+    let family = |e: &Endpoint| e.local_addr().is_ok_and(|l| l.is_ipv6() == addr.is_ipv6());
+    if let Some(endpoint) = endpoints.iter().find(|e| family(e)) {
+        return Ok(endpoint.clone());
+    }
+    let bind: SocketAddr = if addr.is_ipv6() {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let endpoint = Endpoint::client(bind).map_err(|e| ClientError::Connect {
+        addr,
+        reason: format!("cannot open a UDP socket (is a tokio runtime running?): {e}"),
+        retriable: false,
+    })?;
+    endpoints.push(endpoint.clone());
+    Ok(endpoint)
+}
+
+/// A node address (`host:port`) as a socket address: parsed, or looked up in DNS (the
+/// first answer) within `timeout`.
+async fn resolve(addr: &str, timeout: Duration) -> Result<SocketAddr, ClientError> {
+    if let Ok(parsed) = addr.parse::<SocketAddr>() {
+        return Ok(parsed);
+    }
+    let failed = |reason: String| {
+        let port = addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .unwrap_or(0);
+        ClientError::Connect {
+            addr: (Ipv4Addr::UNSPECIFIED, port).into(),
+            reason,
+            retriable: true,
+        }
+    };
+    match tokio::time::timeout(timeout, tokio::net::lookup_host(addr)).await {
+        Ok(Ok(mut found)) => found
+            .next()
+            .ok_or_else(|| failed(format!("{addr} resolves to no address"))),
+        Ok(Err(e)) => Err(failed(format!("cannot resolve {addr}: {e}"))),
+        Err(_) => Err(failed(format!("cannot resolve {addr} within {timeout:?}"))),
+    }
+}
 
 /// The open stream of one request. Dropped before the response was read (a deadline, a
 /// dropped future, an error), it resets and stops with `STREAM_ERROR_CANCELLED`, telling

@@ -4,12 +4,15 @@
 //!
 //! # Where it comes from
 //!
-//! The table is derived from the partition log alone: every data entry appended to the
-//! local log ([`ProducerTable::appended`], called by `ReplicatedPartition` for each batch
-//! of a `Write::Append`, on the leader and on followers alike) adds its batch; opening
-//! the partition builds it from every stored batch header ([`ProducerTable::from_headers`]);
-//! a suffix cut rebuilds it from the headers left ([`ProducerTable::rebuilt`]); a log reset
-//! empties it. So every replica holds the same table for the same log, and a new leader
+//! The table is derived from the partition log (plus what retention took from it, see
+//! "What it keeps"): every data entry appended to the local log
+//! ([`ProducerTable::appended`], called by `ReplicatedPartition` for each batch of a
+//! `Write::Append`, on the leader and on followers alike) adds its batch; opening the
+//! partition builds it from every stored batch header ([`ProducerTable::from_headers`]);
+//! a suffix cut rebuilds it from the headers left ([`ProducerTable::rebuilt`]); a log
+//! reset leaves only the producers retention took (here, or on the leader, which sends
+//! them with its log start). So every replica holds the same table
+//! for the same log, and a new leader
 //! after a failover knows every producer whose batches are in its log (Raft's leader
 //! completeness: that is every committed batch, and maybe some uncommitted ones it will
 //! commit).
@@ -23,9 +26,8 @@
 //! 1. Not idempotent (`producer_id == -1`): no check.
 //! 2. A negative producer id other than -1, or an idempotent batch with a negative epoch
 //!    or sequence: refused as malformed.
-//! 3. A producer the table does not know: accepted, whatever its sequence (the table may
-//!    have lost it: all its batches are gone to retention and the partition reopened, or
-//!    it was evicted for room).
+//! 3. A producer the table does not know: accepted, whatever its sequence (a new one,
+//!    or one the table evicted for room).
 //! 4. An epoch older than the producer's: [`SequenceCheck::Fenced`].
 //! 5. A newer epoch: accepted when its sequence is 0 (a producer that bumps its epoch
 //!    starts its sequences again), otherwise out of order (expected 0).
@@ -46,8 +48,13 @@
 //! recently is forgotten). Retention does not remove producers: what the table learned
 //! from batches that retention later deleted is still true (only committed batches are
 //! ever deleted), so a producer retrying a batch that retention took still gets its
-//! duplicate answer. A rebuild after a suffix cut keeps those producers too; only a
-//! reopen (which reads the log) or a log reset forgets them.
+//! duplicate answer. A rebuild after a suffix cut keeps those producers too. So that a
+//! reopen does not forget them either, the producers whose every remembered batch lies
+//! below the new log start are written to a small snapshot beside the log
+//! ([`ProducerTable::encode_below`], `producers.state`) before retention deletes
+//! anything, and merged back at open ([`ProducerTable::merge_below`]). A leader sends the
+//! same bytes with its log-start marker (the Raft snapshot), so a follower restarted at
+//! the leader's log start (a log reset) learns them too ([`ProducerTable::union_newest`]).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -59,6 +66,25 @@ pub const BATCHES_REMEMBERED: usize = 5;
 
 /// Most producers one partition remembers.
 pub const PRODUCERS_MAX: usize = 4096;
+
+/// The file beside the segments that holds the producers retention took from the log.
+pub const PRODUCERS_FILE: &str = "producers.state";
+
+const SNAPSHOT_VERSION: u8 = 1;
+
+/// A forward-only reader; running out is an error.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], &'static str> {
+        let (head, rest) = self
+            .0
+            .split_first_chunk::<N>()
+            .ok_or("truncated producer snapshot")?;
+        self.0 = rest;
+        Ok(*head)
+    }
+}
 
 /// Sequences run `0..=SEQUENCE_MAX`, then wrap to 0.
 pub const SEQUENCE_MAX: i32 = i32::MAX;
@@ -205,20 +231,128 @@ impl ProducerTable {
         log_start: u64,
     ) -> ProducerTable {
         let mut t = ProducerTable::from_headers(headers);
-        for (id, s) in &self.producers {
-            if s.last().is_some_and(|b| b.last_offset < log_start)
-                && !t.producers.contains_key(id)
-                && t.producers.len() < PRODUCERS_MAX
-            {
-                t.producers.insert(*id, s.clone());
-            }
-        }
+        t.merge_below(self, log_start);
         t
     }
 
     /// Forgets every producer (the log was reset).
     pub fn clear(&mut self) {
         self.producers.clear();
+    }
+
+    /// The producers whose every remembered batch lies below `log_start`: what a table
+    /// rebuilt from a log starting there would not know.
+    pub fn below(&self, log_start: u64) -> ProducerTable {
+        ProducerTable {
+            producers: self
+                .producers
+                .iter()
+                .filter(|(_, s)| s.last().is_some_and(|b| b.last_offset < log_start))
+                .map(|(id, s)| (*id, s.clone()))
+                .collect(),
+        }
+    }
+
+    /// Adds the producers of `other` that lie wholly below `log_start` and that this
+    /// table does not know (what a log starting at `log_start` cannot tell).
+    pub fn merge_below(&mut self, other: &ProducerTable, log_start: u64) {
+        for (id, s) in &other.producers {
+            if s.last().is_some_and(|b| b.last_offset < log_start)
+                && !self.producers.contains_key(id)
+                && self.producers.len() < PRODUCERS_MAX
+            {
+                self.producers.insert(*id, s.clone());
+            }
+        }
+    }
+
+    /// Adds every producer of `other`, keeping for a producer both know the state with
+    /// the newer last batch (both tables describe the same committed history).
+    pub fn union_newest(&mut self, other: &ProducerTable) {
+        for (id, s) in &other.producers {
+            match self.producers.get(id) {
+                Some(mine) if mine.last_offset() >= s.last_offset() => {}
+                Some(_) => {
+                    self.producers.insert(*id, s.clone());
+                }
+                None if self.producers.len() < PRODUCERS_MAX => {
+                    self.producers.insert(*id, s.clone());
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// The snapshot encoding of [`below`](Self::below)`(log_start)`: version 1, then per
+    /// producer its id, epoch and batches; little-endian.
+    pub fn encode_below(&self, log_start: u64) -> Vec<u8> {
+        self.below(log_start).encode()
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = vec![SNAPSHOT_VERSION];
+        let count = u32::try_from(self.producers.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&count.to_le_bytes());
+        for (id, s) in self.producers.iter().take(count as usize) {
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&s.epoch.to_le_bytes());
+            // At most BATCHES_REMEMBERED (5).
+            out.push(u8::try_from(s.batches.len()).unwrap_or(u8::MAX));
+            for b in &s.batches {
+                out.extend_from_slice(&b.base_sequence.to_le_bytes());
+                out.extend_from_slice(&b.last_sequence.to_le_bytes());
+                out.extend_from_slice(&b.base_offset.to_le_bytes());
+                out.extend_from_slice(&b.last_offset.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Decodes a snapshot written by [`encode_below`](Self::encode_below). Bounded:
+    /// at most [`PRODUCERS_MAX`] producers of at most [`BATCHES_REMEMBERED`] batches.
+    pub fn decode(bytes: &[u8]) -> Result<ProducerTable, &'static str> {
+        let mut r = Reader(bytes);
+        if r.take::<1>()? != [SNAPSHOT_VERSION] {
+            return Err("unknown producer snapshot version");
+        }
+        let count = u32::from_le_bytes(r.take()?) as usize;
+        if count > PRODUCERS_MAX {
+            return Err("too many producers in the snapshot");
+        }
+        let mut t = ProducerTable::new();
+        for _ in 0..count {
+            let id = i64::from_le_bytes(r.take()?);
+            let epoch = i16::from_le_bytes(r.take()?);
+            let [n] = r.take::<1>()?;
+            if n == 0 || usize::from(n) > BATCHES_REMEMBERED {
+                return Err("bad batch count in the producer snapshot");
+            }
+            let mut batches = VecDeque::new();
+            for _ in 0..n {
+                let b = AppendedBatch {
+                    base_sequence: i32::from_le_bytes(r.take()?),
+                    last_sequence: i32::from_le_bytes(r.take()?),
+                    base_offset: u64::from_le_bytes(r.take()?),
+                    last_offset: u64::from_le_bytes(r.take()?),
+                };
+                if b.base_offset > b.last_offset || b.base_sequence < 0 || b.last_sequence < 0 {
+                    return Err("bad batch in the producer snapshot");
+                }
+                batches.push_back(b);
+            }
+            if id < 0
+                || epoch < 0
+                || t.producers
+                    .insert(id, ProducerState { epoch, batches })
+                    .is_some()
+            {
+                return Err("bad producer in the producer snapshot");
+            }
+        }
+        if !r.0.is_empty() {
+            return Err("trailing bytes in the producer snapshot");
+        }
+        Ok(t)
     }
 
     /// Producers known.
@@ -535,6 +669,51 @@ mod tests {
             "the cut batch may come again"
         );
         assert_eq!(r, ProducerTable::from_headers([&old, &a]));
+    }
+
+    #[test]
+    fn the_snapshot_of_retained_producers_round_trips_and_merges_back() {
+        let mut t = ProducerTable::new();
+        t.appended(&header(1, 0, 0, 2, 0)); // 0..=1
+        t.appended(&header(2, 3, 7, 1, 2)); // 2
+        t.appended(&header(1, 0, 2, 1, 3)); // 3: producer 1 is not wholly below 3
+        let bytes = t.encode_below(3);
+        let snap = ProducerTable::decode(&bytes).unwrap();
+        assert_eq!(snap.len(), 1);
+        assert_eq!(snap.get(2), t.get(2));
+        // Reopened with the log starting at 3: only producer 1's last batch is in it.
+        let mut reopened = ProducerTable::from_headers([&header(1, 0, 2, 1, 3)]);
+        reopened.merge_below(&snap, 3);
+        assert_eq!(reopened.get(2), t.get(2));
+        assert!(matches!(
+            reopened.check(&header(2, 3, 7, 1, 0)),
+            SequenceCheck::Duplicate(AppendedBatch { base_offset: 2, .. })
+        ));
+        // Bad bytes are refused, never a panic.
+        for n in 0..bytes.len() {
+            assert!(ProducerTable::decode(&bytes[..n]).is_err(), "{n}");
+        }
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(ProducerTable::decode(&extra).is_err());
+        assert!(ProducerTable::decode(&[2, 0, 0, 0, 0]).is_err());
+        assert_eq!(
+            ProducerTable::decode(&ProducerTable::new().encode_below(9)),
+            Ok(ProducerTable::new())
+        );
+    }
+
+    #[test]
+    fn a_union_keeps_the_newer_state_of_each_producer() {
+        let mut a = ProducerTable::from_headers([&header(1, 0, 0, 1, 0), &header(2, 0, 0, 1, 1)]);
+        let b = ProducerTable::from_headers([&header(1, 0, 0, 1, 0), &header(1, 0, 1, 1, 5)]);
+        a.union_newest(&b);
+        assert_eq!(a.get(1), b.get(1));
+        assert_eq!(a.len(), 2);
+        let older = ProducerTable::from_headers([&header(2, 0, 0, 1, 1)]);
+        let before = a.clone();
+        a.union_newest(&older);
+        assert_eq!(a, before);
     }
 
     #[test]

@@ -13,8 +13,13 @@
 //!
 //! It also keeps the partition's idempotent-producer table ([`crate::producers`]) in
 //! step with the log: every batch it appends is recorded, a suffix cut rebuilds the
-//! table from the batch headers left, a log reset empties it. The leader checks a
-//! produced batch against it ([`ReplicatedPartition::check_sequence`]) before proposing.
+//! table from the batch headers left, a log reset keeps only what retention took
+//! earlier. Before retention deletes anything, the producers it takes wholly out of the
+//! log are written to `producers.state`, merged back at open, and handed to the replica,
+//! which sends them with its log-start marker; a follower whose log is reset to it
+//! merges them into its own `producers.state`. The leader checks a
+//! produced batch against the table ([`ReplicatedPartition::check_sequence`]) before
+//! proposing.
 //!
 //! [`sync`]: ReplicatedPartition::sync
 
@@ -26,7 +31,7 @@ use sluice_replica::{
 };
 use sluice_storage::{Batches, LogConfig, PartitionLog, RecoveryReport, Storage};
 
-use crate::producers::{ProducerTable, SequenceCheck};
+use crate::producers::{ProducerTable, SequenceCheck, PRODUCERS_FILE};
 use crate::shard::EngineError;
 
 /// The file beside the segments that holds the replica's Raft state.
@@ -47,6 +52,8 @@ pub struct ReplicatedPartition<S: Storage> {
     failed: Option<String>,
     /// The idempotent-producer table of the local log.
     producers: ProducerTable,
+    /// What `producers.state` holds: producers whose batches retention deleted.
+    retained: ProducerTable,
 }
 
 impl<S: Storage> ReplicatedPartition<S> {
@@ -74,7 +81,17 @@ impl<S: Storage> ReplicatedPartition<S> {
             None => None,
         };
         let all = log.batch_headers().await.map_err(EngineError::from_log)?;
-        let producers = ProducerTable::from_headers(&all);
+        let retained = match log
+            .read_sidecar(PRODUCERS_FILE)
+            .await
+            .map_err(EngineError::from_log)?
+        {
+            Some(bytes) => ProducerTable::decode(&bytes)
+                .map_err(|e| EngineError::Corruption(format!("{PRODUCERS_FILE}: {e}")))?,
+            None => ProducerTable::new(),
+        };
+        let mut producers = ProducerTable::from_headers(&all);
+        producers.merge_below(&retained, log.log_start_offset());
         let headers: Vec<StoredBatch> = all
             .into_iter()
             .map(|h| StoredBatch {
@@ -84,8 +101,9 @@ impl<S: Storage> ReplicatedPartition<S> {
                 bytes: h.length,
             })
             .collect();
-        let replica = Replica::open(config, state, log.log_start_offset(), &headers)
+        let mut replica = Replica::open(config, state, log.log_start_offset(), &headers)
             .map_err(|e| EngineError::Corruption(e.to_string()))?;
+        replica.set_snapshot_extra(retained.encode_below(u64::MAX));
         let mut p = ReplicatedPartition {
             log,
             replica,
@@ -95,6 +113,7 @@ impl<S: Storage> ReplicatedPartition<S> {
             sync_wanted: None,
             failed: None,
             producers,
+            retained,
         };
         p.run(now_ms).await?;
         // `retain_from` writes the replica's new log start before it cuts the log: a
@@ -102,6 +121,7 @@ impl<S: Storage> ReplicatedPartition<S> {
         // Finish the cut, so nothing the replica no longer vouches for is served.
         let start = p.replica.status().log_start_offset;
         if start > p.log.log_start_offset() {
+            p.save_retained(start).await?;
             if let Err(e) = p.log.truncate_prefix(start).await {
                 return Err(p.fail(EngineError::from_log(e)));
             }
@@ -281,6 +301,7 @@ impl<S: Storage> ReplicatedPartition<S> {
         let reached = self.replica.compact_to(offset);
         self.run(now_ms).await?;
         if reached > self.log.log_start_offset() {
+            self.save_retained(reached).await?;
             if let Err(e) = self.log.truncate_prefix(reached).await {
                 return Err(self.fail(EngineError::from_log(e)));
             }
@@ -291,6 +312,29 @@ impl<S: Storage> ReplicatedPartition<S> {
     /// Closes the log cleanly (a final sync and the clean-shutdown marker).
     pub async fn close(self) -> Result<(), EngineError> {
         self.log.close().await.map_err(EngineError::from_log)
+    }
+
+    /// Before the log start moves up to `start`: writes the producers that will then be
+    /// known from no batch in the log (`producers.state`, atomically and durably), so a
+    /// reopen still knows them. Nothing is written when that set did not change.
+    async fn save_retained(&mut self, start: u64) -> Result<(), EngineError> {
+        let below = self.producers.below(start);
+        if below == self.retained {
+            return Ok(());
+        }
+        self.store_retained(below).await
+    }
+
+    /// Writes `retained` to `producers.state` and hands it to the replica, which sends it
+    /// to followers with its log-start marker.
+    async fn store_retained(&mut self, retained: ProducerTable) -> Result<(), EngineError> {
+        let bytes = retained.encode_below(u64::MAX);
+        if let Err(e) = self.log.write_sidecar(PRODUCERS_FILE, &bytes).await {
+            return Err(self.fail(EngineError::from_log(e)));
+        }
+        self.replica.set_snapshot_extra(bytes);
+        self.retained = retained;
+        Ok(())
     }
 
     fn check(&self) -> Result<(), EngineError> {
@@ -399,7 +443,20 @@ impl<S: Storage> ReplicatedPartition<S> {
                         .await
                         .map_err(EngineError::from_log)?;
                 }
-                self.producers.clear();
+                // The log is empty now. Known still: what retention took here earlier and
+                // what the leader's retention took (it sends that with its log start);
+                // both committed, so true in every replica's history.
+                let mut retained = self.retained.clone();
+                if let Some(extra) = self.replica.take_installed_extra() {
+                    // A malformed extra from a peer is dropped, not trusted.
+                    if let Ok(leader) = ProducerTable::decode(&extra) {
+                        retained.union_newest(&leader);
+                    }
+                }
+                if retained != self.retained {
+                    self.store_retained(retained).await?;
+                }
+                self.producers = self.retained.clone();
             }
         }
         Ok(())

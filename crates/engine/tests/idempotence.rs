@@ -242,6 +242,52 @@ fn the_table_is_rebuilt_from_the_log_on_reopen() {
     );
 }
 
+#[test]
+fn a_producer_whose_batches_retention_deleted_is_still_known_after_a_reopen() {
+    let mem = Mem::default();
+    let config = LogConfig {
+        segment_bytes_max: 4 * 1024,
+        retention_bytes_max: Some(4 * 1024),
+        ..LogConfig::default()
+    };
+    let open = |mem: &Mem| {
+        let mut shard = Shard::new(mem.clone(), ShardConfig::default());
+        block_on(shard.open_partition(tp(), config.clone(), 0)).unwrap();
+        shard
+    };
+    let mut shard = open(&mem);
+    produce(&mut shard, 1, batch(7, 0, 2));
+    // Another producer fills segments until retention deletes producer 7's batch.
+    let value = "v".repeat(400);
+    for i in 0..60u64 {
+        let mut b = BatchBuilder::new(Limits::default()).producer(9, 0, i as i32);
+        b.push(1, None, Some(value.as_bytes()), &[]).unwrap();
+        produce(&mut shard, 100 + i, b.finish().unwrap());
+    }
+    block_on(shard.flush(1));
+    assert_eq!(replies(&mut shard).len(), 61);
+    block_on(shard.apply_retention(2));
+    let start = shard.partition_stats(&tp()).unwrap().log_start;
+    assert!(
+        start > 2,
+        "producer 7's batch is gone from the log (start {start})"
+    );
+    block_on(shard.close(3)).unwrap();
+    assert!(mem.0.borrow()[&tp()]
+        .file_names()
+        .iter()
+        .any(|f| f == "producers.state"));
+    let mut shard = open(&mem);
+    produce(&mut shard, 2, batch(7, 0, 2));
+    assert_eq!(replies(&mut shard), vec![(2, duplicate(0, 1))]);
+    produce(&mut shard, 3, batch(7, 2, 1));
+    block_on(shard.flush(4));
+    assert!(matches!(
+        replies(&mut shard)[..],
+        [(3, Reply::Produced { .. })]
+    ));
+}
+
 // ------------------------------------------------------------------ three nodes
 
 /// Three shards holding replicas of one partition; messages from or to a node in
@@ -539,4 +585,59 @@ fn after_a_suffix_cut_the_cut_batch_is_accepted_again() {
     let end = rp.log().next_offset();
     block_on(rp.propose(3, b, Acks::All, rps.now)).unwrap();
     assert_eq!(rp.producers().get(7).unwrap().batches[0].base_offset, end);
+}
+
+#[test]
+fn a_follower_restarted_at_the_leaders_log_start_learns_the_retained_producers() {
+    let fss: Vec<MemFs> = (0..3).map(|_| MemFs::new()).collect();
+    let mut rps = Rps {
+        nodes: (1..=3u64)
+            .map(|id| (id, open_rp(&fss[id as usize - 1], id)))
+            .collect(),
+        cut: BTreeSet::new(),
+        now: 0,
+    };
+    let leader = rps.elect(&[1, 2, 3]);
+    let lagging = (1..=3).find(|n| *n != leader).unwrap();
+    rps.cut.insert(lagging);
+    let b = batch(7, 0, 2);
+    let rp = rps.nodes.get_mut(&leader).unwrap();
+    rp.check_sequence(&header(&b), Acks::All).unwrap();
+    block_on(rp.propose(1, b.clone(), Acks::All, rps.now)).unwrap();
+    block_on(rp.propose(2, plain("x"), Acks::All, rps.now)).unwrap();
+    for _ in 0..5 {
+        rps.cycle();
+    }
+    // Retention takes everything committed: producer 7 is known from no batch in the log.
+    let rp = rps.nodes.get_mut(&leader).unwrap();
+    let hw = rp.replica().high_watermark();
+    assert_eq!(hw, 3);
+    assert_eq!(block_on(rp.retain_from(hw, rps.now)).unwrap(), 3);
+    assert!(matches!(
+        rp.check_sequence(&header(&b), Acks::All),
+        Err(EngineError::DuplicateSequence {
+            base_offset: Some(0),
+            last_offset: Some(1)
+        })
+    ));
+    // The lagging follower catches up through the leader's log start (a log reset).
+    rps.cut.clear();
+    for _ in 0..30 {
+        rps.cycle();
+    }
+    let f = &rps.nodes[&lagging];
+    assert_eq!(
+        f.log().log_start_offset(),
+        3,
+        "restarted at the leader's log start"
+    );
+    let s = f
+        .producers()
+        .get(7)
+        .expect("the leader's retained producer came along");
+    assert_eq!(s.batches.back().unwrap().base_offset, 0);
+    assert!(fss[lagging as usize - 1]
+        .file_names()
+        .iter()
+        .any(|n| n == "producers.state"));
 }

@@ -232,6 +232,8 @@ pub struct Replica {
     fetch_seq: u64,
     fetches: BTreeMap<u64, raft::GetEntriesContext>,
     failed: Option<String>,
+    /// The extra bytes of the last log-start marker installed from a leader, until taken.
+    installed_extra: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -394,6 +396,7 @@ impl Replica {
             fetch_seq: 0,
             fetches: BTreeMap::new(),
             failed: None,
+            installed_extra: None,
         };
         replica.reroll_timeout();
         let markers_dropped = kept_markers != state.markers.len();
@@ -467,6 +470,20 @@ impl Replica {
     /// Why the replica stopped, if it did.
     pub fn failure(&self) -> Option<&str> {
         self.failed.as_deref()
+    }
+
+    /// Opaque bytes this replica sends, as a leader, with its log-start marker (the Raft
+    /// snapshot that restarts a follower's log at the leader's log start). The engine
+    /// puts there what its log start took away that the follower cannot derive from the
+    /// log (the idempotent producers known only from deleted batches).
+    pub fn set_snapshot_extra(&mut self, bytes: Vec<u8>) {
+        self.raw.mut_store().snapshot_extra = bytes;
+    }
+
+    /// The extra bytes of the log-start marker last installed from a leader (set when
+    /// its `Write::ResetLog` is issued), once.
+    pub fn take_installed_extra(&mut self) -> Option<Vec<u8>> {
+        self.installed_extra.take()
     }
 
     /// The next thing to do.
@@ -852,6 +869,7 @@ impl Replica {
             term: md.term,
             offset,
         };
+        self.installed_extra = snap.data.get(8..).map(<[u8]>::to_vec);
         let store = self.raw.mut_store();
         store.reset(start);
         store.conf = md.get_conf_state().clone();

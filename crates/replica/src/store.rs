@@ -65,6 +65,9 @@ pub struct LogStore {
     cache_bytes: usize,
     cache_budget: usize,
     pub(crate) fetches: RefCell<Vec<FetchRequest>>,
+    /// Opaque bytes sent after the log-start offset in a snapshot (the engine's
+    /// idempotent producers below the log start).
+    pub(crate) snapshot_extra: Vec<u8>,
 }
 
 impl LogStore {
@@ -79,6 +82,7 @@ impl LogStore {
             cache_bytes: 0,
             cache_budget,
             fetches: RefCell::new(Vec::new()),
+            snapshot_extra: Vec::new(),
         }
     }
 
@@ -320,8 +324,11 @@ impl raft::Storage for LogStore {
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
         }
+        let mut data = Vec::with_capacity(8 + self.snapshot_extra.len());
+        data.extend_from_slice(&self.start.offset.to_le_bytes());
+        data.extend_from_slice(&self.snapshot_extra);
         let mut snap = Snapshot {
-            data: Bytes::copy_from_slice(&self.start.offset.to_le_bytes()),
+            data: Bytes::from(data),
             ..Snapshot::default()
         };
         let md = snap.mut_metadata();

@@ -36,6 +36,9 @@ pub struct Args {
     /// Retention keeps 0 to this many committed offsets (0: no retention).
     #[arg(long, default_value_t = 400)]
     pub retain_offsets: u64,
+    /// Idempotent producers: retried indeterminate outcomes must not duplicate.
+    #[arg(long)]
+    pub idempotent: bool,
     /// No faults at all (options below still add the ones they name).
     #[arg(long)]
     pub no_faults: bool,
@@ -121,6 +124,7 @@ impl Args {
             consumers: self.consumers,
             latency_max_ms: self.latency_max_ms,
             retain_offsets: self.retain_offsets,
+            idempotent: self.idempotent,
             faults: f,
         }
     }

@@ -96,6 +96,11 @@ pub struct SimConfig {
     /// Retention keeps a random 0 to this many committed offsets below the high
     /// watermark, on each node every 100-400 ms (0: no retention).
     pub retain_offsets: u64,
+    /// Producers are idempotent: they stamp batches with a producer id and sequences,
+    /// each node checks a produce against its producer table before proposing
+    /// (`ReplicatedPartition::check_sequence`), and indeterminate outcomes (a timeout, a
+    /// lost leadership) are retried, which must never duplicate a value.
+    pub idempotent: bool,
     pub faults: FaultMix,
 }
 
@@ -111,6 +116,7 @@ impl SimConfig {
             consumers: 2,
             latency_max_ms: 5,
             retain_offsets: 400,
+            idempotent: false,
             faults: FaultMix::DEFAULT,
         }
     }
@@ -123,7 +129,7 @@ impl SimConfig {
             "--seed {} --nodes {} --ticks {} --quiesce-ticks {} --producers {} --consumers {} \
              --latency-max-ms {} --retain-offsets {} --drop {} --dup {} --reorder {} --delay {} \
              --partitions {} --crashes {} --power-losses {} --fsync-errors {} --write-errors {} \
-             --clock-jumps {} --disk-stalls {}",
+             --clock-jumps {} --disk-stalls {}{}",
             self.seed,
             self.nodes,
             self.ticks,
@@ -142,7 +148,8 @@ impl SimConfig {
             f.fsync_errors,
             f.write_errors,
             f.clock_jumps,
-            f.disk_stalls
+            f.disk_stalls,
+            if self.idempotent { " --idempotent" } else { "" }
         )
     }
 

@@ -26,7 +26,7 @@ use sluice_client::session::{
 };
 use sluice_engine::{EngineError, ReplicatedPartition, StepError};
 use sluice_proto::wire::WriteOutcome;
-use sluice_proto::{batches, Limits};
+use sluice_proto::{batches, BatchHeader, Limits};
 use sluice_replica::{Acks, Message, Produced, ProposeError, ReplicaConfig, ReplyError};
 use sluice_storage::{CrashModel, LogConfig, MemFs};
 
@@ -42,6 +42,8 @@ enum Answer {
     Produced(Produced),
     Refused(ProposeError),
     Lost(ReplyError),
+    /// Refused by the idempotent producer's check before proposing.
+    Checked(EngineError),
 }
 
 /// The kinds of injected fault that are scheduled on a rate.
@@ -284,6 +286,14 @@ impl Producer {
     }
 }
 
+/// After a batch failed for good: an idempotent producer's sequences start over (no
+/// batch of it waits elsewhere: it holds one at a time, the rest in its accumulator).
+fn restart_sequences(producer: &mut Producer) {
+    // Not idempotent: nothing to do. Re-stamping the accumulator's sealed batches
+    // cannot fail (they were built by it).
+    let _ = producer.acc.restart_sequences(0, std::iter::empty());
+}
+
 #[derive(Debug)]
 struct Consumer {
     pos: u64,
@@ -409,15 +419,21 @@ impl<'t> Sim<'t> {
             limits: Limits::DEFAULT,
         };
         let producers = (0..cfg.producers)
-            .map(|i| Producer {
-                id: i as u64 + 1,
-                next_seq: 0,
-                acc: Accumulator::new(batch),
-                inflight: None,
-                retry: None,
-                retry_at: 0,
-                guess: i % cfg.nodes,
-                next_attempt: 0,
+            .map(|i| {
+                let mut acc = Accumulator::new(batch);
+                if cfg.idempotent {
+                    acc.set_producer(i as i64 + 1, 0);
+                }
+                Producer {
+                    id: i as u64 + 1,
+                    next_seq: 0,
+                    acc,
+                    inflight: None,
+                    retry: None,
+                    retry_at: 0,
+                    guess: i % cfg.nodes,
+                    next_attempt: 0,
+                }
             })
             .collect();
         let consumers = (0..cfg.consumers)
@@ -427,6 +443,7 @@ impl<'t> Sim<'t> {
                 seen: BTreeMap::new(),
             })
             .collect();
+        let idempotent = cfg.idempotent;
         let faults_end_ms = cfg.ticks * TICK_MS;
         let deadline_ms = faults_end_ms + cfg.quiesce_ticks * TICK_MS;
         Sim {
@@ -455,7 +472,8 @@ impl<'t> Sim<'t> {
                 retries: 40,
                 backoff_ms: 5,
                 backoff_max_ms: 100,
-                retry_indeterminate: false,
+                // Safe only for the idempotent producer.
+                retry_indeterminate: idempotent,
             },
         }
     }
@@ -967,6 +985,29 @@ impl<'t> Sim<'t> {
             return Ok(());
         };
         self.report.proposals += 1;
+        if self.cfg.idempotent {
+            // What `Shard::produce` does before proposing.
+            let limits = self.limits;
+            let checked = match self.nodes[i].part.as_ref() {
+                Some(part) => BatchHeader::parse(&bytes, &limits)
+                    .map_err(EngineError::InvalidBatch)
+                    .and_then(|h| part.check_sequence(&h, Acks::All)),
+                None => return Ok(()),
+            };
+            if let Err(e) = checked {
+                self.trace(|| format!("n{} check p{} #{attempt}: {e}", i + 1, p + 1));
+                let at = self.now + self.client_latency();
+                self.queue.push(
+                    at,
+                    Event::Reply {
+                        p,
+                        attempt,
+                        answer: Answer::Checked(e),
+                    },
+                );
+                return Ok(());
+            }
+        }
         self.next_token += 1;
         let token = self.next_token;
         let now = self.now as i64;
@@ -1017,6 +1058,29 @@ impl<'t> Sim<'t> {
                 self.checker
                     .on_ack(&f.batch.records, r.base_offset, r.last_offset)
             }
+            Answer::Checked(EngineError::DuplicateSequence {
+                base_offset: Some(base),
+                last_offset: Some(last),
+            }) => {
+                // An earlier attempt landed: the duplicate answer is the acknowledgement.
+                self.report.acks += 1;
+                producer.acc.release(f.batch.bytes.len());
+                self.checker.on_ack(&f.batch.records, base, last)
+            }
+            Answer::Checked(EngineError::TimedOut) => {
+                // Appended by an earlier attempt, not committed yet: ask again later.
+                self.retry_or_give_up(p, f, WriteOutcome::Indeterminate)
+            }
+            Answer::Checked(e) => Err(Violation::new(
+                "unexpected-failure",
+                format!("an idempotent producer's batch was refused: {e}"),
+            )),
+            Answer::Lost(ReplyError::LeadershipLost) | Answer::Refused(ProposeError::Failed(_))
+                if self.cfg.idempotent =>
+            {
+                producer.guess = (producer.guess + 1) % n;
+                self.retry_or_give_up(p, f, WriteOutcome::Indeterminate)
+            }
             Answer::Lost(ReplyError::LeadershipLost) | Answer::Refused(ProposeError::Failed(_)) => {
                 // Indeterminate: it may or may not be in the log; not retried (no
                 // idempotent producer), so it appears at most once.
@@ -1051,6 +1115,7 @@ impl<'t> Sim<'t> {
                     }
                     Outcome::Failed | Outcome::Done => {
                         producer.acc.release(f.batch.bytes.len());
+                        restart_sequences(producer);
                         self.checker.on_definite_failure(&f.batch.records)
                     }
                 }
@@ -1060,17 +1125,48 @@ impl<'t> Sim<'t> {
 
     fn on_timeout(&mut self, p: usize, attempt: u64) -> Result<(), Violation> {
         let n = self.nodes.len();
+        let idempotent = self.cfg.idempotent;
         let producer = &mut self.producers[p];
         if producer
             .inflight
             .as_ref()
             .is_some_and(|f| f.attempt == attempt)
         {
-            if let Some(f) = producer.inflight.take() {
-                producer.acc.release(f.batch.bytes.len());
-            }
+            let inflight = producer.inflight.take();
             producer.guess = (producer.guess + 1) % n;
             self.trace(|| format!("p{} timeout #{attempt}", p + 1));
+            if let Some(f) = inflight {
+                if idempotent {
+                    return self.retry_or_give_up(p, f, WriteOutcome::Indeterminate);
+                }
+                self.producers[p].acc.release(f.batch.bytes.len());
+            }
+        }
+        Ok(())
+    }
+
+    /// An idempotent producer's failed attempt: retried per the policy, or given up
+    /// (the batch may or may not be in the log; its partition's sequences start over).
+    fn retry_or_give_up(
+        &mut self,
+        p: usize,
+        f: InFlight,
+        outcome: WriteOutcome,
+    ) -> Result<(), Violation> {
+        let failures = f.failures + 1;
+        let decision = self
+            .policy
+            .decide(self.now as i64, failures, true, outcome, None);
+        let producer = &mut self.producers[p];
+        match decision {
+            Outcome::RetryAt(t) => {
+                producer.retry = Some((f.batch, failures));
+                producer.retry_at = u64::try_from(t).unwrap_or(u64::MAX);
+            }
+            Outcome::Failed | Outcome::Done => {
+                producer.acc.release(f.batch.bytes.len());
+                restart_sequences(producer);
+            }
         }
         Ok(())
     }

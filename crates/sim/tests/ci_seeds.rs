@@ -85,3 +85,30 @@ fn long_runs_seeds_000_009() {
         0..10,
     );
 }
+
+/// Idempotent producers (retrying every indeterminate outcome): no value may be
+/// committed twice, through leader changes, crashes and retention.
+#[test]
+fn idempotent_seeds_000_039() {
+    seeds(
+        |seed| SimConfig {
+            idempotent: true,
+            ..ci(seed)
+        },
+        0..40,
+    );
+}
+
+/// The same with retention off (no producer history is ever lost to it) on 5 nodes.
+#[test]
+fn idempotent_five_nodes_no_retention_seeds_000_019() {
+    seeds(
+        |seed| SimConfig {
+            idempotent: true,
+            nodes: 5,
+            retain_offsets: 0,
+            ..ci(seed)
+        },
+        0..20,
+    );
+}

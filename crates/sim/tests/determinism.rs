@@ -61,6 +61,7 @@ fn the_replay_command_is_the_config() {
         ticks: 123,
         latency_max_ms: 9,
         retain_offsets: 7,
+        idempotent: true,
         ..SimConfig::new(42)
     };
     cfg.faults.drop = 0.125;

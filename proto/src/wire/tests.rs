@@ -447,7 +447,10 @@ fn variant_positions_are_pinned() {
             })),
             "0a000000 00000000 0500000000000000 0100".to_owned(),
         ),
-        (Response::ClusterStatus(err()), format!("0b000000 {err_hex}")),
+        (
+            Response::ClusterStatus(err()),
+            format!("0b000000 {err_hex}"),
+        ),
         (
             Response::ClusterStatus(Ok(ClusterStatus {
                 cluster_id: "c".to_owned(),
@@ -1408,14 +1411,14 @@ fn request() -> impl Strategy<Value = Request> {
             proptest::option::of(1u32..=LIMITS.nodes_max),
             topic_config()
         )
-            .prop_map(
-                |(name, partitions, replication_factor, config)| Request::CreateTopicReplicated {
+            .prop_map(|(name, partitions, replication_factor, config)| {
+                Request::CreateTopicReplicated {
                     name,
                     partitions,
                     replication_factor,
                     config,
                 }
-            ),
+            }),
         Just(Request::ClusterStatus),
     ]
 }
