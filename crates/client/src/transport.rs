@@ -67,9 +67,23 @@ pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// Default [`ClientOptions::request_timeout`].
 pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 /// Default [`ClientOptions::idle_timeout`].
-pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(6);
 /// Default [`ClientOptions::keep_alive_interval`].
-pub const KEEP_ALIVE_INTERVAL_DEFAULT: Duration = Duration::from_secs(5);
+pub const KEEP_ALIVE_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
+
+/// How long a partition-addressed request (other than a fetch) waits for its answer
+/// before the client asks another node whether the leader moved; a request waiting on
+/// a node that no longer leads is abandoned (indeterminate), so the idempotent
+/// producer's retry reaches the new leader instead of waiting out a dead node's idle
+/// timeout.
+pub const LEADER_PROBE: Duration = Duration::from_millis(150);
+
+/// Probes that must find a silent request's node still leading before its connection
+/// is presumed stale and dropped.
+const STALE_CONFIRMATIONS: u32 = 4;
+
+/// At most one leader probe per this interval per client, however many requests wait.
+const PROBE_INTERVAL_MIN: Duration = Duration::from_millis(100);
 
 /// How the client authenticates the broker. The broker's certificate must chain to one
 /// of the CA certificates given (from the file, the bytes, or both) and be valid for
@@ -171,10 +185,12 @@ pub struct ClientOptions {
     /// Deadline of one request, on top of its own `timeout_ms` / `max_wait_ms`.
     /// Default 30 s.
     pub request_timeout: Duration,
-    /// The connection closes after this long without traffic. Default 30 s.
+    /// The connection closes after this long without traffic. Default 6 s: with
+    /// keep-alives every second a live broker never idles out, and a dead one (a
+    /// killed process sends nothing back over UDP) is noticed within it.
     pub idle_timeout: Duration,
     /// Keep-alive pings while idle, so the broker's idle timeout does not close a quiet
-    /// client. Default 5 s.
+    /// client. Default 1 s.
     pub keep_alive_interval: Duration,
 }
 
@@ -259,6 +275,8 @@ struct Inner {
     routes: Mutex<Routes>,
     closed: AtomicBool,
     next_request_id: AtomicU64,
+    /// When the last leader probe was sent (probes are rate-bounded per client).
+    last_probe: Mutex<Option<Instant>>,
 }
 
 /// One node's connection slot.
@@ -393,6 +411,7 @@ impl Client {
                             routes: Mutex::new(routes),
                             closed: AtomicBool::new(false),
                             next_request_id: AtomicU64::new(1),
+                            last_probe: Mutex::new(None),
                         }),
                     });
                 }
@@ -672,8 +691,34 @@ impl Client {
             None => self.pick_any(&[]).ok_or_else(|| self.no_node())?,
         };
         let mut redirects = 0;
+        // A long-poll fetch may rightly wait; everything else is watched for a leader
+        // that moved away from a node that stopped answering.
+        let watched = !matches!(prepared.kind, RequestKind::Fetch);
         loop {
-            let result = self.request_on(&target, prepared, payload).await;
+            let result = if watched {
+                tokio::select! {
+                    r = self.request_on(&target, prepared, payload) => r,
+                    moved = self.leader_moved(topic, partition, &target) => {
+                        tracing::debug!(
+                            topic,
+                            partition,
+                            from = %target,
+                            to = %moved,
+                            "the leader moved while a request waited: abandoned"
+                        );
+                        if moved != target {
+                            self.routes().node_failed(&target, Instant::now());
+                        }
+                        // It may have been appended before the old leader went quiet.
+                        return Err(ClientError::Timeout {
+                            after: LEADER_PROBE,
+                            outcome: WriteOutcome::Indeterminate,
+                        });
+                    }
+                }
+            } else {
+                self.request_on(&target, prepared, payload).await
+            };
             let error = match &result {
                 Ok((response, _)) => match response.error() {
                     None => return result,
@@ -732,6 +777,94 @@ impl Client {
                 _ => {}
             }
             return result;
+        }
+    }
+
+    /// Resolves once another node reports a different leader for the partition than
+    /// `target` (the node a request is waiting on): every [`LEADER_PROBE`] without an
+    /// answer, one bounded `Metadata` request to another live node. Never resolves
+    /// while `target` still leads or no other node answers.
+    async fn leader_moved(&self, topic: &str, partition: u32, target: &str) -> String {
+        // Nodes that did not answer a probe are skipped for the rest of this watch (a
+        // connection to a node that was killed and restarted looks open until its idle
+        // timeout).
+        let mut skip = vec![target.to_owned()];
+        let mut confirmed = 0;
+        loop {
+            tokio::time::sleep(LEADER_PROBE).await;
+            // Another request's probe may have learnt the new leader already.
+            let cached = self
+                .routes()
+                .leader_addr(topic, partition, Instant::now())
+                .map(str::to_owned);
+            if let Some(addr) = cached.filter(|a| a != target) {
+                return addr;
+            }
+            {
+                let mut last = lock(&self.inner.last_probe);
+                let now = Instant::now();
+                if last.is_some_and(|t| now.duration_since(t) < PROBE_INTERVAL_MIN) {
+                    continue;
+                }
+                *last = Some(now);
+            }
+            let Some(other) = self.pick_any(&skip) else {
+                skip.truncate(1);
+                continue;
+            };
+            if other == target {
+                continue;
+            }
+            let request = Request::Metadata {
+                topics: Some(vec![topic.to_owned()]),
+            };
+            let Ok(probe) = self.prepare(&request, &[]) else {
+                continue;
+            };
+            let answer = tokio::time::timeout(LEADER_PROBE, self.request_on(&other, &probe, &[]));
+            if let Ok(Ok((Response::Metadata(Ok(meta)), _))) = answer.await {
+                let leader = meta
+                    .topics
+                    .iter()
+                    .find(|t| t.name == topic)
+                    .and_then(|t| t.partitions.iter().find(|p| p.partition == partition))
+                    .and_then(|p| p.leader);
+                let moved = leader.and_then(|l| {
+                    meta.brokers
+                        .iter()
+                        .find(|b| b.node_id == l)
+                        .map(|b| b.addr.clone())
+                });
+                match moved {
+                    Some(addr) if addr != target => {
+                        self.routes().apply_metadata(&meta);
+                        return addr;
+                    }
+                    Some(_) => {
+                        // Still the leader, yet silent: after a few confirmations, its
+                        // connection is presumed stale (the node restarted); drop it so
+                        // the retry dials afresh.
+                        confirmed += 1;
+                        if confirmed >= STALE_CONFIRMATIONS {
+                            self.drop_connection(target);
+                            return target.to_owned();
+                        }
+                    }
+                    None => {}
+                }
+            } else {
+                self.drop_connection(&other);
+                self.routes().node_failed(&other, Instant::now());
+                skip.push(other);
+            }
+        }
+    }
+
+    /// Closes the connection to `addr`, if any, so the next request dials again.
+    fn drop_connection(&self, addr: &str) {
+        let node = lock(&self.inner.pool).get(addr).cloned();
+        if let Some(connection) = node.and_then(|n| n.live()) {
+            connection.close(VarInt::from_u32(APP_NO_ERROR), b"unresponsive");
         }
     }
 

@@ -320,11 +320,9 @@ impl Driver {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (tp, leader, term) in self.shard.leaders() {
-            match board.get_mut(tp) {
-                Some(v) => *v = (leader, term),
-                None => {
-                    board.insert(tp.clone(), (leader, term));
-                }
+            let before = board.insert(tp.clone(), (leader, term));
+            if before.map(|(l, _)| l) != Some(leader) {
+                tracing::info!(shard = self.index, %tp, ?leader, term, "raft: leader changed");
             }
         }
     }
