@@ -371,15 +371,23 @@ async fn failover_time() {
     let mut cluster = TestCluster::start(3, false);
     let clients = Clients::connect(&cluster).await;
     clients.create("failover", 1).await;
-    let sdk = Client::connect_cluster(&cluster.client_addrs(), ClientTls::ca_file(cluster.ca_path()))
+    let sdk = Client::connect_cluster(
+        &cluster.client_addrs(),
+        ClientTls::ca_file(cluster.ca_path()),
+    )
+    .await
+    .unwrap();
+    let warm = batch(&["warm".to_owned()]);
+    sdk.produce("failover", 0, &warm, Acks::All, 5_000)
         .await
         .unwrap();
-    let warm = batch(&["warm".to_owned()]);
-    sdk.produce("failover", 0, &warm, Acks::All, 5_000).await.unwrap();
     let mut times = Vec::new();
     for trial in 0..trials {
         let old = leader(&clients, "failover", 0).await.expect("a leader");
-        eprintln!("trial {trial}: killing node {old} at {:?}", std::time::SystemTime::now());
+        eprintln!(
+            "trial {trial}: killing node {old} at {:?}",
+            std::time::SystemTime::now()
+        );
         cluster.node(u64::from(old)).kill();
         let t0 = Instant::now();
         let payload = batch(&[format!("trial-{trial}")]);
@@ -392,7 +400,9 @@ async fn failover_time() {
             assert!(t0.elapsed() < Duration::from_secs(30), "no new leader");
         }
         let took = t0.elapsed();
-        eprintln!("trial {trial}: killed node {old}, first ack after {took:?} ({errors} failed attempts)");
+        eprintln!(
+            "trial {trial}: killed node {old}, first ack after {took:?} ({errors} failed attempts)"
+        );
         times.push(took);
         cluster.node(u64::from(old)).restart();
         // Let the restarted node rejoin before the next kill.
@@ -401,5 +411,8 @@ async fn failover_time() {
     times.sort();
     let p50 = times[times.len() / 2];
     let max = times[times.len() - 1];
-    eprintln!("failover over {} trials: p50 {p50:?}, max {max:?}", times.len());
+    eprintln!(
+        "failover over {} trials: p50 {p50:?}, max {max:?}",
+        times.len()
+    );
 }
