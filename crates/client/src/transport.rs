@@ -696,9 +696,10 @@ impl Client {
         let watched = !matches!(prepared.kind, RequestKind::Fetch);
         loop {
             let result = if watched {
+                let sent = AtomicBool::new(false);
                 tokio::select! {
-                    r = self.request_on(&target, prepared, payload) => r,
-                    moved = self.leader_moved(topic, partition, &target) => {
+                    r = self.request_on_tracked(&target, prepared, payload, &sent) => r,
+                    moved = self.leader_moved(topic, partition, &target, &sent) => {
                         tracing::debug!(
                             topic,
                             partition,
@@ -709,10 +710,11 @@ impl Client {
                         if moved != target {
                             self.routes().node_failed(&target, Instant::now());
                         }
-                        // It may have been appended before the old leader went quiet.
+                        // Once sent, it may have been appended before the old leader
+                        // went quiet; before, nothing was.
                         return Err(ClientError::Timeout {
                             after: LEADER_PROBE,
-                            outcome: WriteOutcome::Indeterminate,
+                            outcome: outcome(sent.load(Ordering::SeqCst)),
                         });
                     }
                 }
@@ -784,7 +786,13 @@ impl Client {
     /// `target` (the node a request is waiting on): every [`LEADER_PROBE`] without an
     /// answer, one bounded `Metadata` request to another live node. Never resolves
     /// while `target` still leads or no other node answers.
-    async fn leader_moved(&self, topic: &str, partition: u32, target: &str) -> String {
+    async fn leader_moved(
+        &self,
+        topic: &str,
+        partition: u32,
+        target: &str,
+        sent: &AtomicBool,
+    ) -> String {
         // Nodes that did not answer a probe are skipped for the rest of this watch (a
         // connection to a node that was killed and restarted looks open until its idle
         // timeout).
@@ -840,17 +848,18 @@ impl Client {
                         self.routes().apply_metadata(&meta);
                         return addr;
                     }
-                    Some(_) => {
-                        // Still the leader, yet silent: after a few confirmations, its
-                        // connection is presumed stale (the node restarted); drop it so
-                        // the retry dials afresh.
+                    // Still the leader, yet silent once the request went out: after a
+                    // few confirmations its connection is presumed stale (the node
+                    // restarted); drop it so the retry dials afresh. (A dial in
+                    // progress has its own timeout.)
+                    Some(_) if sent.load(Ordering::SeqCst) => {
                         confirmed += 1;
                         if confirmed >= STALE_CONFIRMATIONS {
                             self.drop_connection(target);
                             return target.to_owned();
                         }
                     }
-                    None => {}
+                    _ => {}
                 }
             } else {
                 self.drop_connection(&other);
@@ -900,11 +909,23 @@ impl Client {
         prepared: &Prepared,
         payload: &[u8],
     ) -> Result<(Response, Vec<u8>), ClientError> {
-        let node = self.node(addr);
         let sent = AtomicBool::new(false);
+        self.request_on_tracked(addr, prepared, payload, &sent)
+            .await
+    }
+
+    /// [`Client::request_on`], telling `sent` when the request has started to leave.
+    async fn request_on_tracked(
+        &self,
+        addr: &str,
+        prepared: &Prepared,
+        payload: &[u8],
+        sent: &AtomicBool,
+    ) -> Result<(Response, Vec<u8>), ClientError> {
+        let node = self.node(addr);
         let exchanged = tokio::time::timeout(
             prepared.deadline,
-            self.exchange(&node, prepared, payload, &sent),
+            self.exchange(&node, prepared, payload, sent),
         )
         .await;
         let result = match exchanged {

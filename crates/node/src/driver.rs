@@ -398,6 +398,10 @@ impl Driver {
             }
             // acks=none and immediate reads need not wait for the fsync.
             self.deliver();
+            // A leader's appends go to its followers now, so their fsyncs run alongside
+            // its own (messages that must wait for durability stay held by the replica
+            // until the flush releases them).
+            self.send_messages();
             // Raft ticks at their own cadence (heartbeats, elections).
             self.raft_tick_if_due().await;
             // 4. The group commit.

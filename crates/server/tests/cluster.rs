@@ -8,9 +8,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use sluice_client::wire::{Acks, ErrorCode, ErrorDetail, TopicConfig};
+use sluice_client::wire::{Request, Response, ALPN};
 use sluice_client::{Client, ClientError, ClientOptions, ClientTls};
 use sluice_proto::{batches, BatchBuilder, Limits};
 use sluice_test_support::cluster::TestCluster;
+use sluice_test_support::raw::{frame, raw_connect, raw_exchange, RawAnswer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice-server");
 
@@ -319,18 +321,38 @@ async fn an_isolated_minority_accepts_no_writes() {
     cluster.isolate(3);
     // Node 3 alone: every write sent to it for the next seconds fails (it cannot reach
     // a quorum), whatever it answers.
-    let minority = &clients.by_node[&3];
+    // Raw frames to node 3 itself: the SDK would re-route to the majority's leader.
+    let node3 = cluster.addrs.iter().find(|a| a.id == 3).unwrap().quic;
+    let minority = raw_connect(node3, cluster.ca_path(), &[ALPN])
+        .await
+        .unwrap();
     let t0 = Instant::now();
     let mut attempts = 0;
+    let mut refused = 0;
     while t0.elapsed() < Duration::from_secs(3) {
         let v = format!("minority-{attempts}");
-        let r = minority
-            .produce("split", p3, &batch(&[v]), Acks::All, 500)
-            .await;
-        assert!(r.is_err(), "the isolated node acknowledged a write: {r:?}");
+        let request = Request::Produce {
+            topic: "split".into(),
+            partition: p3,
+            acks: Acks::All,
+            timeout_ms: 500,
+        };
+        let answer = tokio::time::timeout(
+            Duration::from_secs(2),
+            raw_exchange(&minority, &frame(attempts, &request, &batch(&[v])), true),
+        )
+        .await;
+        if let Ok(RawAnswer::Response(_, r)) = &answer {
+            assert!(
+                !matches!(r, Response::Produce(Ok(_))),
+                "the isolated node acknowledged a write: {r:?}"
+            );
+            refused += 1;
+        }
         attempts += 1;
     }
-    assert!(attempts > 0);
+    // It answered (NotLeader or RequestTimedOut), it did not just go silent.
+    assert!(refused > 0, "{attempts} attempts, none answered");
     // The majority elects a new leader for the partition and takes writes.
     let mut majority = Clients {
         by_node: BTreeMap::new(),
@@ -405,8 +427,14 @@ async fn failover_time() {
         );
         times.push(took);
         cluster.node(u64::from(old)).restart();
-        // Let the restarted node rejoin before the next kill.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Let the restarted node rejoin before the next kill (`FAILOVER_REST_MS`,
+        // default 1500: shorter than the SDK's idle timeout, so the client still holds
+        // a stale connection to the restarted node — the harder case).
+        let rest = std::env::var("FAILOVER_REST_MS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1500);
+        tokio::time::sleep(Duration::from_millis(rest)).await;
     }
     times.sort();
     let p50 = times[times.len() / 2];
