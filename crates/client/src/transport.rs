@@ -708,7 +708,11 @@ impl Client {
                             "the leader moved while a request waited: abandoned"
                         );
                         if moved != target {
+                            // Silent while another node leads: presumed dead, and so is
+                            // its connection (were it to come back, a fresh dial finds it;
+                            // an old connection would wait out its idle timeout).
                             self.routes().node_failed(&target, Instant::now());
+                            self.drop_connection(&target);
                         }
                         // Once sent, it may have been appended before the old leader
                         // went quiet; before, nothing was.
