@@ -3,8 +3,10 @@
 //!
 //! The model, edge to core:
 //!
-//! - [`transport`]: one QUIC connection to one broker (TLS 1.3, ALPN `sluice/1`), one
-//!   bidirectional stream per request, reconnecting when the connection is lost. Every
+//! - [`transport`]: QUIC connections to the cluster's nodes (TLS 1.3, ALPN `sluice/1`),
+//!   one per node, each request routed to its partition's leader (see
+//!   [`Client`]'s "Routing"), one bidirectional stream per request, reconnecting when a
+//!   connection is lost. Every
 //!   failure is a [`ClientError`] that says whether a write may have been appended
 //!   ([`ClientError::write_outcome`], DESIGN §4).
 //! - [`producer`]: [`Client::producer`] starts one background task that owns the pure

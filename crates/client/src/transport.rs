@@ -256,6 +256,16 @@ impl Default for ClientOptions {
 ///   not one per request, and never stalls requests for partitions other nodes lead.
 ///   When every node is marked dead they are dialed anyway (a single broker that is
 ///   back must be reachable at once). Concurrent requests for a node share one dial.
+/// - **Leader watch.** A partition-addressed request other than a fetch (which may
+///   long-poll) that has waited [`LEADER_PROBE`] for its answer makes the client ask
+///   another live node who leads the partition (at most one probe per 100 ms per
+///   client, however many requests wait). When another node leads, the request is
+///   abandoned — [`ClientError::Timeout`], indeterminate once it was sent, so the
+///   idempotent producer retries it on the new leader — and the silent node is marked
+///   dead and its connection dropped. When the silent node still leads after four
+///   probes, its connection is presumed stale (a node killed and restarted: UDP brings
+///   no reset) and dropped so the retry dials afresh. Without the watch, a request on a
+///   killed leader would wait out the connection's idle timeout.
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: Arc<Inner>,
