@@ -193,6 +193,9 @@ struct Driver {
     last_raft_tick: Instant,
     /// Raft messages dropped for want of an outbox or a partition.
     raft_dropped: u64,
+    /// `Shard::has_peers`, refreshed when partitions open or go (it decides the wait of
+    /// every cycle, so it is not recomputed over all partitions each time).
+    has_peers: bool,
 }
 
 impl ShardTask {
@@ -228,6 +231,7 @@ impl ShardTask {
             raft_tick: Duration::from_millis(raft_tick_ms.max(1)),
             last_raft_tick: Instant::now(),
             raft_dropped: 0,
+            has_peers: false,
         };
 
         let t0 = Instant::now();
@@ -292,6 +296,7 @@ impl Driver {
             }
             self.counters.insert(tp, Counters::default());
         }
+        self.has_peers = self.shard.has_peers();
         self.publish_leaders();
         self.send_messages();
         r
@@ -320,8 +325,19 @@ impl Driver {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (tp, leader, term) in self.shard.leaders() {
-            let before = board.insert(tp.clone(), (leader, term));
-            if before.map(|(l, _)| l) != Some(leader) {
+            // Every Raft tick: no key copy unless the partition is new to the board.
+            let changed = match board.get_mut(tp) {
+                Some(entry) => {
+                    let changed = entry.0 != leader;
+                    *entry = (leader, term);
+                    changed
+                }
+                None => {
+                    board.insert(tp.clone(), (leader, term));
+                    true
+                }
+            };
+            if changed {
                 tracing::info!(shard = self.index, %tp, ?leader, term, "raft: leader changed");
             }
         }
@@ -329,7 +345,7 @@ impl Driver {
 
     /// A Raft tick when `raft_tick` passed (only while the shard has peers).
     async fn raft_tick_if_due(&mut self) {
-        if self.last_raft_tick.elapsed() >= self.raft_tick && self.shard.has_peers() {
+        if self.last_raft_tick.elapsed() >= self.raft_tick && self.has_peers {
             self.last_raft_tick = Instant::now();
             self.shard.raft_tick(now_ms()).await;
             self.publish_leaders();
@@ -355,7 +371,7 @@ impl Driver {
                 } else {
                     tick.saturating_sub(last_tick.elapsed())
                 };
-                if self.shard.has_peers() {
+                if self.has_peers {
                     wait = wait.min(self.raft_tick.saturating_sub(self.last_raft_tick.elapsed()));
                 }
                 let recv = std::pin::pin!(rx.recv());
@@ -533,6 +549,7 @@ impl Driver {
                         .remove(&tp);
                     out.push((tp, r));
                 }
+                self.has_peers = self.shard.has_peers();
                 // The deleted partitions' waiters were answered `UnknownPartition`.
                 self.deliver();
                 let _ = reply.send(out);

@@ -588,6 +588,33 @@ impl Inner {
         rx.await.map_err(|_| RequestError::Stopped)
     }
 
+    /// Groups `items` by the shard that owns each one's partition and sends every
+    /// group to its shard at once (`make` builds the request around a group and its
+    /// reply sender). Returns each group's partitions with its shard's answer.
+    async fn per_shard<I, T>(
+        &self,
+        items: impl IntoIterator<Item = I>,
+        tp: impl Fn(&I) -> &TopicPartition,
+        make: impl Fn(Vec<I>, oneshot::Sender<T>) -> Request,
+    ) -> Vec<(Vec<TopicPartition>, Result<T, RequestError>)> {
+        let mut groups: Vec<Vec<I>> = (0..self.queues.len()).map(|_| Vec::new()).collect();
+        for item in items {
+            if let Some(v) = groups.get_mut(self.shard_of(tp(&item))) {
+                v.push(item);
+            }
+        }
+        let make = &make;
+        let calls = groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(shard, group)| {
+                let tps: Vec<TopicPartition> = group.iter().map(|i| tp(i).clone()).collect();
+                async move { (tps, self.call(shard, move |reply| make(group, reply)).await) }
+            });
+        futures_util::future::join_all(calls).await
+    }
+
     /// Closes the queues and joins the shard threads (blocking); `clean`: the shards
     /// close their partitions. Returns what the shards reported.
     fn stop_threads(&self, clean: bool) -> Option<Vec<Result<(), RequestError>>> {
@@ -794,29 +821,22 @@ impl EngineHandle {
             reg.create(info.clone(), log_defaults)
         })?;
         let log = info.config.log_config(&self.inner.log_defaults);
-        let mut per_shard: Vec<Vec<OpenSpec>> = vec![Vec::new(); self.inner.queues.len()];
-        for tp in info.topic_partitions() {
-            if let Some(v) = per_shard.get_mut(self.inner.shard_of(&tp)) {
-                v.push(OpenSpec {
-                    tp,
-                    log: log.clone(),
-                    voters: vec![self.inner.node_id],
-                    campaign: false,
-                });
-            }
-        }
-        let opens = per_shard
-            .into_iter()
-            .enumerate()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(shard, partitions)| {
-                self.inner
-                    .call(shard, move |reply| Request::Open { partitions, reply })
-            });
-        let results: Vec<Result<Vec<Opened>, RequestError>> =
-            futures_util::future::join_all(opens).await;
+        let specs = info.topic_partitions().map(|tp| OpenSpec {
+            tp,
+            log: log.clone(),
+            voters: vec![self.inner.node_id],
+            campaign: false,
+        });
+        let results = self
+            .inner
+            .per_shard(
+                specs,
+                |s| &s.tp,
+                |partitions, reply| Request::Open { partitions, reply },
+            )
+            .await;
         let mut failure = None;
-        for r in results {
+        for (_, r) in results {
             match r {
                 Ok(opened) => {
                     for (tp, r) in opened {
@@ -860,23 +880,16 @@ impl EngineHandle {
     /// `delete_topic` under the admin lock.
     async fn delete_locked(&self, name: &str) -> Result<(), TopicError> {
         let info = self.inner.update_registry(|reg| reg.delete(name))?;
-        let mut per_shard: Vec<Vec<TopicPartition>> = vec![Vec::new(); self.inner.queues.len()];
-        for tp in info.topic_partitions() {
-            if let Some(v) = per_shard.get_mut(self.inner.shard_of(&tp)) {
-                v.push(tp);
-            }
-        }
-        let deletes = per_shard
-            .into_iter()
-            .enumerate()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(shard, partitions)| {
-                self.inner
-                    .call(shard, move |reply| Request::Delete { partitions, reply })
-            });
-        let results = futures_util::future::join_all(deletes).await;
+        let results = self
+            .inner
+            .per_shard(
+                info.topic_partitions(),
+                |tp| tp,
+                |partitions, reply| Request::Delete { partitions, reply },
+            )
+            .await;
         let mut failure = None;
-        for r in results {
+        for (_, r) in results {
             match r {
                 Ok(deleted) => {
                     for (tp, r) in deleted {
@@ -1016,42 +1029,23 @@ impl EngineHandle {
         &self,
         partitions: Vec<(TopicPartition, LogConfig, Vec<u64>, bool)>,
     ) -> Vec<Opened> {
-        let mut per_shard: Vec<Vec<OpenSpec>> = vec![Vec::new(); self.inner.queues.len()];
-        for (tp, log, voters, campaign) in partitions {
-            if let Some(v) = per_shard.get_mut(self.inner.shard_of(&tp)) {
-                v.push(OpenSpec {
-                    tp,
-                    log,
-                    voters,
-                    campaign,
-                });
-            }
-        }
-        let opens = per_shard
+        let specs = partitions
             .into_iter()
-            .enumerate()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(shard, partitions)| {
-                let tps: Vec<TopicPartition> = partitions.iter().map(|s| s.tp.clone()).collect();
-                async move {
-                    match self
-                        .inner
-                        .call(shard, move |reply| Request::Open { partitions, reply })
-                        .await
-                    {
-                        Ok(opened) => opened,
-                        Err(e) => tps
-                            .into_iter()
-                            .map(|tp| (tp, Err(EngineError::StorageFailed(e.to_string()))))
-                            .collect(),
-                    }
-                }
+            .map(|(tp, log, voters, campaign)| OpenSpec {
+                tp,
+                log,
+                voters,
+                campaign,
             });
-        futures_util::future::join_all(opens)
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
+        let results = self
+            .inner
+            .per_shard(
+                specs,
+                |s| &s.tp,
+                |partitions, reply| Request::Open { partitions, reply },
+            )
+            .await;
+        each_partition(results)
     }
 
     /// Deletes partitions and their files on their shards (cluster mode: a topic the
@@ -1060,37 +1054,15 @@ impl EngineHandle {
         &self,
         partitions: Vec<TopicPartition>,
     ) -> Vec<(TopicPartition, Result<(), EngineError>)> {
-        let mut per_shard: Vec<Vec<TopicPartition>> = vec![Vec::new(); self.inner.queues.len()];
-        for tp in partitions {
-            if let Some(v) = per_shard.get_mut(self.inner.shard_of(&tp)) {
-                v.push(tp);
-            }
-        }
-        let deletes = per_shard
-            .into_iter()
-            .enumerate()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(shard, partitions)| {
-                let tps = partitions.clone();
-                async move {
-                    match self
-                        .inner
-                        .call(shard, move |reply| Request::Delete { partitions, reply })
-                        .await
-                    {
-                        Ok(done) => done,
-                        Err(e) => tps
-                            .into_iter()
-                            .map(|tp| (tp, Err(EngineError::StorageFailed(e.to_string()))))
-                            .collect(),
-                    }
-                }
-            });
-        futures_util::future::join_all(deletes)
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
+        let results = self
+            .inner
+            .per_shard(
+                partitions,
+                |tp| tp,
+                |partitions, reply| Request::Delete { partitions, reply },
+            )
+            .await;
+        each_partition(results)
     }
 
     /// Steps a peer's Raft frame ([`sluice_engine::raft_frame`]) into the shards that
@@ -1156,6 +1128,28 @@ impl EngineHandle {
     pub fn data_dir(&self) -> &Path {
         &self.inner.data_dir
     }
+}
+
+/// One shard's answer to a per-partition request, with the partitions it was asked about.
+type ShardAnswer<T> = (
+    Vec<TopicPartition>,
+    Result<Vec<(TopicPartition, Result<T, EngineError>)>, RequestError>,
+);
+
+/// The per-partition outcomes of [`Inner::per_shard`] calls, a shard that could not be
+/// asked counting as a storage failure of each of its partitions.
+fn each_partition<T>(groups: Vec<ShardAnswer<T>>) -> Vec<(TopicPartition, Result<T, EngineError>)> {
+    let mut out = Vec::new();
+    for (tps, r) in groups {
+        match r {
+            Ok(done) => out.extend(done),
+            Err(e) => out.extend(
+                tps.into_iter()
+                    .map(|tp| (tp, Err(EngineError::StorageFailed(e.to_string())))),
+            ),
+        }
+    }
+    out
 }
 
 fn unexpected(what: &str) -> RequestError {
