@@ -156,10 +156,10 @@ impl Cluster {
             .map(|n| n.addr.clone())
     }
 
-    /// The leader of `tp`: this node's replica's view when it hosts `tp`, else the
-    /// preferred leader from the assignment.
+    /// The leader of `tp`: this node's replica's view when it hosts `tp` (every node
+    /// hosts the controller partition), else the preferred leader from the assignment.
     pub fn leader_of(&self, tp: &TopicPartition) -> Option<u64> {
-        if lock(&self.opened).contains(tp) {
+        if *tp == controller_partition() || lock(&self.opened).contains(tp) {
             return self.engine.leader_of(tp);
         }
         read(&self.state)

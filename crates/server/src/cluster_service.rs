@@ -450,12 +450,7 @@ fn status(c: &Cluster) -> ClusterStatus {
         hosted.push(TopicPartition::new(h.topic.name.clone(), h.partition));
     }
     for tp in &hosted {
-        let leader = if *tp == controller_partition() {
-            c.controller()
-        } else {
-            c.leader_of(tp)
-        };
-        match leader {
+        match c.leader_of(tp) {
             Some(l) => *leaders.entry(l).or_default() += 1,
             None => leaderless += 1,
         }
