@@ -11,7 +11,7 @@ use crate::encode::{or_dash, table};
 use crate::fail::Fail;
 
 /// Prints one line (or a block of text) to stdout.
-fn emit(text: &str) {
+pub(crate) fn emit(text: &str) {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
@@ -21,7 +21,8 @@ fn emit(text: &str) {
     let _ = out.flush();
 }
 
-fn emit_json<T: Serialize>(value: &T) -> Result<(), Fail> {
+/// Prints `value` as one JSON line.
+pub(crate) fn emit_json<T: Serialize>(value: &T) -> Result<(), Fail> {
     let line = serde_json::to_string(value)
         .map_err(|e| Fail::broker(format!("cannot encode JSON output: {e}")))?;
     emit(&line);

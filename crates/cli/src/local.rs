@@ -22,6 +22,7 @@ use sluice_peer::{node_server_name, write_cluster_certs};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+use crate::admin::{emit, emit_json};
 use crate::cli::{CertsArgs, Output, UpArgs};
 use crate::encode::table;
 use crate::fail::Fail;
@@ -32,22 +33,6 @@ const LOG_TAIL_LINES: usize = 25;
 const POLL: Duration = Duration::from_millis(100);
 /// Bound on one `/ready` probe.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
-
-fn emit(text: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes());
-    if !text.ends_with('\n') {
-        let _ = out.write_all(b"\n");
-    }
-    let _ = out.flush();
-}
-
-fn emit_json<T: Serialize>(value: &T) -> Result<(), Fail> {
-    let line = serde_json::to_string(value)
-        .map_err(|e| Fail::broker(format!("cannot encode JSON output: {e}")))?;
-    emit(&line);
-    Ok(())
-}
 
 fn io_fail(what: &str, path: &Path, e: &std::io::Error) -> Fail {
     Fail::broker(format!("{what} {}: {e}", path.display()))
