@@ -8,27 +8,18 @@ use std::time::{Duration, Instant};
 
 use sluice_client::wire::{Acks, ErrorCode, TopicConfig};
 use sluice_client::{Client, ClientError, ClientOptions, ClientTls};
-use sluice_proto::{batches, BatchBuilder, Limits};
-use sluice_test_support::cluster::TestCluster;
+use sluice_proto::{batches, Limits};
+use sluice_test_support::cluster::{expected_records, values_batch, TestCluster};
 
 const TOPIC: &str = "routed";
 const PARTITIONS: u32 = 3;
-
-fn batch(values: &[String]) -> Vec<u8> {
-    let mut b = BatchBuilder::new(Limits::default());
-    for v in values {
-        b.push(1_700_000_000_000, None, Some(v.as_bytes()), &[])
-            .unwrap();
-    }
-    b.finish().unwrap()
-}
 
 /// Produces with the retry a producer would do: retriable errors again after a short
 /// pause. Retrying an indeterminate failure is safe here only because of how the test
 /// runs: the kill comes between produces, so a request that timed out on the dead
 /// leader's half-open connection never reached a live process.
 async fn produce(client: &Client, partition: u32, values: &[String]) -> u64 {
-    let payload = batch(values);
+    let payload = values_batch(values);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match client
@@ -160,15 +151,7 @@ async fn one_client_reaches_every_leader_and_follows_a_failover() {
 
     for p in 0..PARTITIONS {
         let read = read_all(&client, p).await;
-        let want: Vec<(u64, String)> = acked
-            .iter()
-            .filter(|(q, _, _)| *q == p)
-            .flat_map(|(_, base, vs)| {
-                vs.iter()
-                    .enumerate()
-                    .map(move |(i, v)| (base + i as u64, v.clone()))
-            })
-            .collect();
+        let want = expected_records(&acked, p);
         assert_eq!(read, want, "partition {p}");
     }
     client.close().await;

@@ -10,20 +10,11 @@ use std::time::{Duration, Instant};
 use sluice_client::wire::{Acks, ErrorCode, ErrorDetail, TopicConfig};
 use sluice_client::wire::{Request, Response, ALPN};
 use sluice_client::{Client, ClientError, ClientOptions, ClientTls};
-use sluice_proto::{batches, BatchBuilder, Limits};
-use sluice_test_support::cluster::TestCluster;
+use sluice_proto::{batches, Limits};
+use sluice_test_support::cluster::{expected_records, values_batch, TestCluster};
 use sluice_test_support::raw::{frame, raw_connect, raw_exchange, RawAnswer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice-server");
-
-fn batch(values: &[String]) -> Vec<u8> {
-    let mut b = BatchBuilder::new(Limits::default());
-    for v in values {
-        b.push(1_700_000_000_000, None, Some(v.as_bytes()), &[])
-            .unwrap();
-    }
-    b.finish().unwrap()
-}
 
 /// One client per node, by node id.
 struct Clients {
@@ -77,7 +68,7 @@ impl Clients {
     /// checks it sees each acked one at least once and never twice via duplicates
     /// counted separately).
     async fn produce(&self, topic: &str, partition: u32, values: &[String]) -> Result<u64, String> {
-        let payload = batch(values);
+        let payload = values_batch(values);
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut target: u32 = *self.by_node.keys().next().unwrap();
         loop {
@@ -185,15 +176,7 @@ async fn three_nodes_replicate_and_route_to_leaders() {
     }
     for p in 0..3 {
         let read = clients.read_all("events", p).await;
-        let want: Vec<(u64, String)> = acked
-            .iter()
-            .filter(|(q, _, _)| *q == p)
-            .flat_map(|(_, base, vs)| {
-                vs.iter()
-                    .enumerate()
-                    .map(move |(i, v)| (base + i as u64, v.clone()))
-            })
-            .collect();
+        let want = expected_records(&acked, p);
         assert_eq!(read, want, "partition {p}");
     }
 }
@@ -220,10 +203,10 @@ async fn a_killed_leader_is_replaced_and_keeps_every_acked_write() {
     let mut cluster = TestCluster::start(3, false);
     let mut clients = Clients::connect(&cluster).await;
     clients.create("fo", 1).await;
-    let mut acked: Vec<(u64, Vec<String>)> = Vec::new();
+    let mut acked: Vec<(u32, u64, Vec<String>)> = Vec::new();
     for i in 0..20u32 {
         let values: Vec<String> = (0..5).map(|j| format!("a-{i}-{j}")).collect();
-        acked.push((clients.produce("fo", 0, &values).await.unwrap(), values));
+        acked.push((0, clients.produce("fo", 0, &values).await.unwrap(), values));
     }
     let old = leader(&clients, "fo", 0).await.expect("a leader");
     cluster.node(u64::from(old)).kill();
@@ -234,10 +217,10 @@ async fn a_killed_leader_is_replaced_and_keeps_every_acked_write() {
         .await
         .unwrap();
     eprintln!("first write acknowledged {:?} after the kill", t0.elapsed());
-    acked.push((first, vec!["first".to_owned()]));
+    acked.push((0, first, vec!["first".to_owned()]));
     for i in 20..40u32 {
         let values: Vec<String> = (0..5).map(|j| format!("a-{i}-{j}")).collect();
-        acked.push((clients.produce("fo", 0, &values).await.unwrap(), values));
+        acked.push((0, clients.produce("fo", 0, &values).await.unwrap(), values));
     }
     eprintln!("20 more writes by {:?}", t0.elapsed());
     assert!(t0.elapsed() < Duration::from_secs(20));
@@ -245,15 +228,7 @@ async fn a_killed_leader_is_replaced_and_keeps_every_acked_write() {
     assert_ne!(new, old);
     let read = clients.read_all("fo", 0).await;
     eprintln!("read back by {:?}", t0.elapsed());
-    let want: Vec<(u64, String)> = acked
-        .iter()
-        .flat_map(|(base, vs)| {
-            vs.iter()
-                .enumerate()
-                .map(move |(i, v)| (base + i as u64, v.clone()))
-        })
-        .collect();
-    assert_eq!(read, want);
+    assert_eq!(read, expected_records(&acked, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,15 +256,7 @@ async fn all_three_restart_and_keep_their_data() {
     let clients = Clients::connect(&cluster).await;
     for p in 0..2 {
         let read = clients.read_all("kept", p).await;
-        let want: Vec<(u64, String)> = acked
-            .iter()
-            .filter(|(q, _, _)| *q == p)
-            .flat_map(|(_, base, vs)| {
-                vs.iter()
-                    .enumerate()
-                    .map(move |(i, v)| (base + i as u64, v.clone()))
-            })
-            .collect();
+        let want = expected_records(&acked, p);
         assert_eq!(read, want, "partition {p}");
     }
 }
@@ -339,7 +306,11 @@ async fn an_isolated_minority_accepts_no_writes() {
         };
         let answer = tokio::time::timeout(
             Duration::from_secs(2),
-            raw_exchange(&minority, &frame(attempts, &request, &batch(&[v])), true),
+            raw_exchange(
+                &minority,
+                &frame(attempts, &request, &values_batch(&[v])),
+                true,
+            ),
         )
         .await;
         if let Ok(RawAnswer::Response(_, r)) = &answer {
@@ -399,7 +370,7 @@ async fn failover_time() {
     )
     .await
     .unwrap();
-    let warm = batch(&["warm".to_owned()]);
+    let warm = values_batch(&["warm".to_owned()]);
     sdk.produce("failover", 0, &warm, Acks::All, 5_000)
         .await
         .unwrap();
@@ -412,7 +383,7 @@ async fn failover_time() {
         );
         cluster.node(u64::from(old)).kill();
         let t0 = Instant::now();
-        let payload = batch(&[format!("trial-{trial}")]);
+        let payload = values_batch(&[format!("trial-{trial}")]);
         let mut errors = 0;
         loop {
             match sdk.produce("failover", 0, &payload, Acks::All, 5_000).await {

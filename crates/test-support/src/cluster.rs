@@ -164,3 +164,29 @@ impl Drop for TestCluster {
         }
     }
 }
+
+/// One record batch holding `values`, in order (fixed timestamp, no keys).
+pub fn values_batch(values: &[String]) -> Vec<u8> {
+    let mut b = sluice_proto::BatchBuilder::new(sluice_proto::Limits::default());
+    for v in values {
+        b.push(1_700_000_000_000, None, Some(v.as_bytes()), &[])
+            .expect("a small record fits a batch");
+    }
+    b.finish().expect("a valid batch")
+}
+
+/// What partition `partition` must hold, as `(offset, value)`, given acknowledged
+/// writes `(partition, base offset, values)`: each value at its batch's base offset
+/// plus its index, in acknowledgement order.
+pub fn expected_records(acked: &[(u32, u64, Vec<String>)], partition: u32) -> Vec<(u64, String)> {
+    acked
+        .iter()
+        .filter(|(p, _, _)| *p == partition)
+        .flat_map(|(_, base, values)| {
+            values
+                .iter()
+                .enumerate()
+                .map(move |(i, v)| (base + i as u64, v.clone()))
+        })
+        .collect()
+}
