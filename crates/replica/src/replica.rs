@@ -234,6 +234,16 @@ pub struct Replica {
     failed: Option<String>,
     /// The extra bytes of the last log-start marker installed from a leader, until taken.
     installed_extra: Option<Vec<u8>>,
+    /// Followers found to have lost their log (`notice_lost_log`).
+    lost_logs: u64,
+    /// Opened without any persisted state in a group of several voters: this replica
+    /// may be a node that lost its disk and forgot what it acknowledged and whom it
+    /// voted for. Until it holds the commit index the first leader it hears reports
+    /// (`Some(target)` once heard), it grants no vote to a candidate whose log is not
+    /// empty (`guard_vote`).
+    catching_up: Option<Option<u64>>,
+    /// Votes refused by that guard.
+    votes_withheld: u64,
 }
 
 impl std::fmt::Debug for Replica {
@@ -397,6 +407,9 @@ impl Replica {
             fetches: BTreeMap::new(),
             failed: None,
             installed_extra: None,
+            lost_logs: 0,
+            catching_up: (!had_state && config.voters.len() > 1).then_some(None),
+            votes_withheld: 0,
         };
         replica.reroll_timeout();
         let markers_dropped = kept_markers != state.markers.len();
@@ -531,9 +544,22 @@ impl Replica {
             )));
         }
         let mut msg = msg;
-        sanitize(&mut msg, self.raw.raft.raft_log.last_index())?;
+        let last_index = self.raw.raft.raft_log.last_index();
+        // A leader's heartbeat carries the commit index up to what this replica
+        // acknowledged: past the end of our log, we lost entries we had acknowledged.
+        let lost = (msg.get_msg_type() == MessageType::MsgHeartbeat && msg.commit > last_index)
+            .then_some((msg.from, msg.term, msg.commit));
+        sanitize(&mut msg, last_index)?;
+        self.notice_lost_log(&msg);
+        if !self.guard_vote(&msg, lost.map(|(_, _, commit)| commit)) {
+            return Ok(());
+        }
         let result = self.raw.step(msg);
+        if let Some((leader, term, commit)) = lost {
+            self.report_lost_log(leader, term, commit);
+        }
         self.after_call();
+        self.check_caught_up();
         match result {
             Ok(()) | Err(raft::Error::StepPeerNotFound) => Ok(()),
             Err(raft::Error::StepLocalMsg) => {
@@ -541,6 +567,106 @@ impl Replica {
             }
             Err(e) => Err(raft_err(e)),
         }
+    }
+
+    /// A follower that refuses an append with a hint below the index it acknowledged
+    /// lost its log: its data directory was emptied or replaced, and it restarted
+    /// empty. raft-rs assumes an acknowledged index never goes back, so it would take
+    /// every such refusal for a stale one and never send that follower anything again.
+    /// Probe it afresh instead, from what it says it has (the log start marker if that
+    /// is below this leader's log). Messages of one peer arrive in order, so a refusal
+    /// that arrives after the acknowledgement was sent after it: it is not stale.
+    fn notice_lost_log(&mut self, msg: &Message) {
+        let raft = &mut self.raw.raft;
+        if msg.get_msg_type() != MessageType::MsgAppendResponse
+            || !msg.reject
+            || msg.term != raft.term
+            || raft.state != StateRole::Leader
+        {
+            return;
+        }
+        let Some(pr) = raft.mut_prs().get_mut(msg.from) else {
+            return;
+        };
+        if msg.reject_hint >= pr.matched {
+            return;
+        }
+        pr.matched = 0;
+        pr.become_probe();
+        // What raft-rs's probe expects of a refusal it takes: the index it sent after.
+        pr.next_idx = msg.index.saturating_add(1);
+        self.lost_logs += 1;
+    }
+
+    /// The vote guard of a replica that started empty (`catching_up`): false to drop
+    /// `msg`, a vote request from a candidate with a non-empty log. Were such a replica
+    /// a node that lost its disk, its vote could elect a candidate missing entries that
+    /// were committed with this node's (forgotten) acknowledgement. A group that is new
+    /// everywhere still elects: its candidates' logs are empty. `heartbeat_commit`: the
+    /// commit index of a leader's heartbeat before it was clamped to our log.
+    fn guard_vote(&mut self, msg: &Message, heartbeat_commit: Option<u64>) -> bool {
+        let Some(target) = self.catching_up else {
+            return true;
+        };
+        match msg.get_msg_type() {
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote if msg.index > 0 => {
+                self.votes_withheld += 1;
+                return false;
+            }
+            MessageType::MsgHeartbeat | MessageType::MsgAppend if target.is_none() => {
+                let commit = heartbeat_commit.unwrap_or(msg.commit);
+                self.catching_up = Some(Some(commit));
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// Ends the vote guard once the log holds the commit index the leader reported.
+    fn check_caught_up(&mut self) {
+        if let Some(Some(target)) = self.catching_up {
+            if self.raw.raft.raft_log.committed >= target {
+                self.catching_up = None;
+            }
+        }
+    }
+
+    /// Whether the vote guard is on (see [`Replica::votes_withheld`]).
+    pub fn is_catching_up(&self) -> bool {
+        self.catching_up.is_some()
+    }
+
+    /// Vote requests this replica dropped because it started empty and has not yet
+    /// caught up with a leader.
+    pub fn votes_withheld(&self) -> u64 {
+        self.votes_withheld
+    }
+
+    /// The follower's side of `notice_lost_log`: told by `leader`'s heartbeat that the
+    /// commit index is `commit`, past the end of this replica's log, it answers with a
+    /// refusal the leader would get had it sent an append after `commit`, hinting at
+    /// where this log really ends. Heartbeats alone never make raft-rs send that
+    /// refusal, and an idle group sends nothing else.
+    fn report_lost_log(&mut self, leader: u64, term: u64, commit: u64) {
+        let raft = &self.raw.raft;
+        if raft.term != term || raft.leader_id != leader || raft.state == StateRole::Leader {
+            return;
+        }
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgAppendResponse);
+        m.from = self.id;
+        m.to = leader;
+        m.term = term;
+        m.index = commit;
+        m.reject = true;
+        m.reject_hint = raft.raft_log.last_index();
+        self.actions.push_back(Action::Send(m));
+    }
+
+    /// How many times a follower was found to have lost its log (see
+    /// `notice_lost_log`) since this replica opened.
+    pub fn lost_logs(&self) -> u64 {
+        self.lost_logs
     }
 
     /// Decodes and steps a message received as bytes.

@@ -438,6 +438,102 @@ fn a_follower_behind_retention_restarts_from_the_leaders_log_start() {
     assert_eq!(values(&c.node(lagging).log), want);
 }
 
+impl Cluster {
+    /// Node `id` loses its disk and restarts empty (same id, no state, no log).
+    fn wipe(&mut self, id: u64) {
+        let node = self.node(id);
+        node.log.clear();
+        node.log_start = 0;
+        node.state = None;
+        self.restart(id);
+    }
+}
+
+/// A follower whose data directory was emptied restarts with no log. raft-rs alone
+/// would take its refusals for stale ones (it acknowledged more before) and send it
+/// nothing again: it must be probed afresh and brought back up to the leader's log.
+#[test]
+fn a_follower_that_lost_its_log_is_brought_back() {
+    for seed in 0..4 {
+        let mut c = Cluster::new(seed);
+        let leader = c.elect();
+        let wiped = (1..=3).find(|i| *i != leader).unwrap();
+        c.propose_fives(leader, 0..10, "before");
+        c.tick(3);
+        c.wipe(wiped);
+        c.propose_fives(leader, 10..12, "after");
+        c.tick(30);
+        assert_eq!(c.node(leader).replica.leader(), Some(leader), "seed {seed}");
+        assert!(c.node(leader).replica.lost_logs() > 0, "seed {seed}");
+        let want = values(&c.node(leader).log);
+        assert_eq!(want.len(), 12);
+        assert_eq!(values(&c.node(wiped).log), want, "seed {seed}");
+        assert_eq!(c.node(wiped).hw, 60, "seed {seed}");
+    }
+}
+
+/// The same past the leader's retention: the emptied follower restarts at the
+/// leader's log start.
+#[test]
+fn a_follower_that_lost_its_log_restarts_from_the_leaders_log_start() {
+    let mut c = Cluster::new(4);
+    let leader = c.elect();
+    let wiped = (1..=3).find(|i| *i != leader).unwrap();
+    c.propose_fives(leader, 0..20, "keep");
+    c.tick(3);
+    c.retain_from_50(leader);
+    c.wipe(wiped);
+    c.tick(30);
+    assert!(c.node(leader).replica.lost_logs() > 0);
+    let f = c.node(wiped);
+    assert_eq!((f.log_start, f.log.len(), f.hw), (50, 10, 100));
+    let want = values(&c.node(leader).log);
+    assert_eq!(values(&c.node(wiped).log), want);
+}
+
+/// The vote guard of a replica that restarted empty: entries committed by the leader
+/// and the wiped node alone must not be lost to an election the wiped node's forgotten
+/// vote would decide. With the leader gone before the wiped node caught up, the lagging
+/// third node cannot win; once the leader is back, everything committed is there.
+#[test]
+fn a_replica_that_lost_its_log_votes_for_no_one_until_caught_up() {
+    for seed in 0..4 {
+        let mut c = Cluster::new(seed);
+        let leader = c.elect();
+        let mut others = (1..=3).filter(|i| *i != leader);
+        let (wiped, lagging) = (others.next().unwrap(), others.next().unwrap());
+        c.propose_fives(leader, 0..2, "all");
+        c.tick(3);
+        // Committed by the leader and `wiped` only.
+        c.isolated.insert(lagging);
+        c.propose_fives(leader, 2..6, "two");
+        c.tick(3);
+        assert_eq!(c.node(leader).hw, 30, "seed {seed}");
+        // The leader goes away; `wiped` loses its disk and comes back empty.
+        c.node(leader).down = true;
+        c.wipe(wiped);
+        c.isolated.clear();
+        c.tick(100);
+        assert!(
+            !c.node(lagging).replica.is_ready_leader(),
+            "seed {seed}: the lagging node was elected without the committed entries"
+        );
+        assert!(c.node(wiped).replica.is_catching_up(), "seed {seed}");
+        assert!(c.node(wiped).replica.votes_withheld() > 0, "seed {seed}");
+        // The old leader returns: someone with every committed entry leads, and the
+        // wiped node catches up (and votes again).
+        c.restart(leader);
+        c.tick(100);
+        let now = c.elect();
+        assert_eq!(c.node(now).hw, 30, "seed {seed}");
+        assert!(!c.node(wiped).replica.is_catching_up(), "seed {seed}");
+        let want = values(&c.node(now).log);
+        for id in 1..=3 {
+            assert_eq!(values(&c.node(id).log), want, "seed {seed}, node {id}");
+        }
+    }
+}
+
 /// Found by the simulator (seed 13 with retention): a lost `MsgSnapshot` left the
 /// leader's progress for that follower in raft-rs's Snapshot state, which sends nothing
 /// until `report_snapshot`; the follower never caught up while that leader lasted.

@@ -415,3 +415,91 @@ async fn failover_time() {
         times.len()
     );
 }
+
+/// The value of the metric line `name{labels}` in a Prometheus text page, if present.
+fn metric(page: &str, name: &str, labels: &str) -> Option<u64> {
+    let prefix = format!("{name}{{{labels}}} ");
+    page.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_with_an_empty_data_dir_catches_up() {
+    let mut cluster = TestCluster::start(3, false);
+    let clients = Clients::connect(&cluster).await;
+    clients.create("wiped", 2).await;
+    let mut acked = Vec::new();
+    for i in 0..10u32 {
+        let values: Vec<String> = (0..5).map(|j| format!("w-{i}-{j}")).collect();
+        acked.push((
+            i % 2,
+            clients.produce("wiped", i % 2, &values).await.unwrap(),
+            values,
+        ));
+    }
+    // Node 3 loses its disk: stopped, its data directory removed, started empty.
+    let status = cluster.node(3).terminate();
+    assert!(status.success(), "{status}");
+    let dir = cluster.node(3).data_dir().to_path_buf();
+    std::fs::remove_dir_all(&dir).unwrap();
+    // Writes go on meanwhile (two of three replicas are a quorum).
+    for i in 10..14u32 {
+        let values: Vec<String> = (0..5).map(|j| format!("w-{i}-{j}")).collect();
+        acked.push((
+            i % 2,
+            clients.produce("wiped", i % 2, &values).await.unwrap(),
+            values,
+        ));
+    }
+    cluster.node(3).restart();
+    // Node 3 learns the topic from the controller log, reopens its replicas empty and
+    // is brought up to date by their leaders: its committed end matches every acked
+    // record.
+    let want: BTreeMap<u32, u64> = (0..2)
+        .map(|p| (p, expected_records(&acked, p).len() as u64))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = cluster
+            .node(3)
+            .admin_get("/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let got: BTreeMap<u32, u64> = (0..2)
+            .filter_map(|p| {
+                metric(
+                    &page,
+                    "sluice_high_watermark",
+                    &format!("topic=\"wiped\",partition=\"{p}\""),
+                )
+                .map(|v| (p, v))
+            })
+            .collect();
+        if got == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 3 did not catch up: {got:?}, want {want:?}\n{}",
+            cluster.node(3).log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // And it holds the data: with node 1 gone, nodes 2 and 3 serve every acked record.
+    cluster.node(1).kill();
+    let mut rest = Clients {
+        by_node: BTreeMap::new(),
+    };
+    for id in [2u32, 3] {
+        rest.by_node.insert(id, clients.by_node[&id].clone());
+    }
+    rest.produce("wiped", 0, &["after".to_owned()])
+        .await
+        .map(|base| acked.push((0, base, vec!["after".to_owned()])))
+        .unwrap();
+    for p in 0..2 {
+        assert_eq!(rest.read_all("wiped", p).await, expected_records(&acked, p));
+    }
+}
