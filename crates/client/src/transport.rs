@@ -392,6 +392,9 @@ impl Client {
             // The broker never opens streams towards a client.
             .max_concurrent_bidi_streams(VarInt::from_u32(0))
             .max_concurrent_uni_streams(VarInt::from_u32(0));
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(sluice_proto::UDP_PAYLOAD_MAX);
+        transport.mtu_discovery_config(Some(mtu));
         let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
         quic.transport_config(Arc::new(transport));
         let mut endpoints = Vec::new();
@@ -1331,11 +1334,26 @@ fn endpoint_for(endpoints: &mut Vec<Endpoint>, addr: SocketAddr) -> Result<Endpo
     } else {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     };
-    let endpoint = Endpoint::client(bind).map_err(|e| ClientError::Connect {
-        addr,
-        reason: format!("cannot open a UDP socket (is a tokio runtime running?): {e}"),
-        retriable: false,
-    })?;
+    // The broker may send packets as large as path MTU discovery finds room for.
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(sluice_proto::UDP_PAYLOAD_MAX)
+        .map_err(|e| ClientError::Config(format!("UDP payload size: {e}")))?;
+    let endpoint = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime found"))
+        .and_then(|runtime| {
+            let socket = std::net::UdpSocket::bind(bind)?;
+            // Room for a fetch's burst of packets (the kernel may grant less).
+            let sock = socket2::SockRef::from(&socket);
+            let _ = sock.set_recv_buffer_size(sluice_proto::UDP_SOCKET_BUFFER_BYTES);
+            let _ = sock.set_send_buffer_size(sluice_proto::UDP_SOCKET_BUFFER_BYTES);
+            Endpoint::new(config, None, socket, runtime)
+        })
+        .map_err(|e| ClientError::Connect {
+            addr,
+            reason: format!("cannot open a UDP socket (is a tokio runtime running?): {e}"),
+            retriable: false,
+        })?;
     endpoints.push(endpoint.clone());
     Ok(endpoint)
 }

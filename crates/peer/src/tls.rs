@@ -62,6 +62,9 @@ fn transport(config: &PeerConfig, accepting: bool) -> Result<Arc<TransportConfig
     transport
         .max_idle_timeout(Some(idle))
         .keep_alive_interval(Some(config.keep_alive));
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(sluice_proto::UDP_PAYLOAD_MAX);
+    transport.mtu_discovery_config(Some(mtu));
     if accepting {
         // Raft streams (uni); the hello and forwards (bi).
         transport
