@@ -7,6 +7,9 @@
 #
 #   docker/build.sh && docker run --rm sluice:dev --help
 #
+# SLUICE_BIN_DIR=target/debug docker/build.sh: a dev image (sluice:local) of dynamically
+# linked binaries, with the libraries `ldd` lists and the loader in rootfs/ (tests only).
+#
 # Running it: the broker needs io_uring (see docs/deploy/README.md, "Docker"):
 #   --security-opt seccomp=docker/seccomp-io-uring.json   (or seccomp=unconfined)
 #   --ulimit memlock=67108864                             (locked memory for the rings)

@@ -63,42 +63,42 @@ pub fn server_binary() -> &'static Path {
             );
             return binary;
         }
-        let root = workspace_root();
-        let mut cargo = Command::new(env!("CARGO"));
-        // Without the variables cargo sets for this test binary: build scripts such as
-        // ring's rerun when CARGO_MANIFEST_DIR or CARGO_PKG_NAME differ from the last
-        // build, so inheriting them would rebuild the TLS stack, and the server with it,
-        // on every test run (and again on the developer's next build).
-        for (key, _) in std::env::vars_os() {
-            if key.to_str().is_some_and(set_by_cargo_for_this_crate) {
-                cargo.env_remove(&key);
-            }
-        }
-        let status = cargo
-            .current_dir(&root)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "sluice-server",
-                "--bin",
-                "sluice-server",
-            ])
-            .status()
-            .expect("run cargo build -p sluice-server");
-        assert!(status.success(), "cargo build -p sluice-server failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .map(|t| if t.is_absolute() { t } else { root.join(t) })
-            .unwrap_or_else(|| root.join("target"));
-        let binary = target.join("debug").join("sluice-server");
-        assert!(
-            binary.is_file(),
-            "{} missing after the build",
-            binary.display()
-        );
-        binary
+        cargo_build_bin("sluice-server", "sluice-server")
     })
+}
+
+/// Builds binary `bin` of workspace package `package` (debug profile) with
+/// `cargo build --quiet -p PACKAGE --bin BIN` and returns its path in the target
+/// directory (`$CARGO_TARGET_DIR`, else `target/`). Panics if the build fails.
+pub fn cargo_build_bin(package: &str, bin: &str) -> PathBuf {
+    let root = workspace_root();
+    let mut cargo = Command::new(env!("CARGO"));
+    // Without the variables cargo sets for this test binary: build scripts such as
+    // ring's rerun when CARGO_MANIFEST_DIR or CARGO_PKG_NAME differ from the last
+    // build, so inheriting them would rebuild the TLS stack, and the server with it,
+    // on every test run (and again on the developer's next build).
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(set_by_cargo_for_this_crate) {
+            cargo.env_remove(&key);
+        }
+    }
+    let status = cargo
+        .current_dir(&root)
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .status()
+        .unwrap_or_else(|e| panic!("run cargo build -p {package}: {e}"));
+    assert!(status.success(), "cargo build -p {package} failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { root.join(t) })
+        .unwrap_or_else(|| root.join("target"));
+    let binary = target.join("debug").join(bin);
+    assert!(
+        binary.is_file(),
+        "{} missing after the build",
+        binary.display()
+    );
+    binary
 }
 
 /// Whether cargo sets the environment variable `key` for the crate it compiles or the
