@@ -68,16 +68,12 @@ fn histogram_family(
 ) -> Result<(), std::fmt::Error> {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
     for (labels, counts, sum_us, count) in series {
-        let mut cumulative = 0u64;
+        // Per-bucket counts as they are: `encode_histogram` writes the running sum.
         let buckets: Vec<(f64, u64)> = bounds_us
             .iter()
             .map(|b| *b as f64 / 1e6)
             .chain(std::iter::once(f64::MAX))
-            .zip(counts.iter())
-            .map(|(le, c)| {
-                cumulative += c;
-                (le, cumulative)
-            })
+            .zip(counts.iter().copied())
             .collect();
         m.encode_family(labels)?.encode_histogram::<Labels>(
             *sum_us as f64 / 1e6,
@@ -338,6 +334,49 @@ mod tests {
                 docs.contains(&format!("`{n}`")) || docs.contains(&format!("`{n}_total`"));
             assert!(documented, "{n} is not in docs/OPERATIONS.md");
         }
+    }
+
+    /// Histogram buckets are cumulative once, as Prometheus reads them: each `le`
+    /// bucket counts the observations at or below it and `+Inf` equals the count (they
+    /// were summed twice, so `+Inf` was many times the count).
+    #[test]
+    fn histogram_buckets_count_each_observation_once() {
+        let mut flush = sluice_node::LatencyHistogram::default();
+        for us in [40, 90, 90, 3_000, 10_000_000] {
+            flush.record(us);
+        }
+        let shard = sluice_node::ShardSnapshot {
+            shard: 0,
+            cpu: None,
+            core: Default::default(),
+            queue_len: 0,
+            queue_depth: 1,
+            cycles: 0,
+            requests: 0,
+            cycle_requests_seen_max: 0,
+            flush_latency: flush,
+            partitions: vec![],
+        };
+        let stats = EngineStats {
+            shards: vec![shard],
+            queue_full_waits: 0,
+        };
+        let text = render(stats, StatsSnapshot::default()).unwrap();
+        let bucket = |le: &str| -> u64 {
+            let prefix = format!("sluice_fsync_duration_seconds_bucket{{le=\"{le}\",shard=\"0\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .unwrap_or_else(|| panic!("no bucket {le} in\n{text}"))
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(bucket("0.00005"), 1);
+        assert_eq!(bucket("0.0001"), 3);
+        assert_eq!(bucket("0.0025"), 3);
+        assert_eq!(bucket("0.005"), 4);
+        assert_eq!(bucket("5.0"), 4);
+        assert_eq!(bucket("+Inf"), 5);
+        assert!(text.contains("sluice_fsync_duration_seconds_count{shard=\"0\"} 5"));
     }
 
     /// The shipped Grafana dashboard only queries families the broker exports.
