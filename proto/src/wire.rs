@@ -51,18 +51,19 @@ pub const API_VERSION: u16 = 1;
 pub const ALPN: &[u8] = b"sluice/1";
 
 /// The largest UDP payload Sluice's QUIC endpoints accept from a peer and search for
-/// with path MTU discovery: a 9000-byte jumbo frame less the IPv6 and UDP headers. On a
-/// path with a smaller MTU (1500-byte Ethernet) discovery settles below it by itself; on
-/// loopback and on jumbo-frame networks a packet carries about six times what QUIC's
-/// usual 1452-byte ceiling allows, and per-packet work (packet protection, headers,
-/// system calls) shrinks in proportion.
-pub const UDP_PAYLOAD_MAX: u16 = 8952;
+/// with path MTU discovery. On a path with a smaller MTU (1500-byte Ethernet) discovery
+/// settles below it by itself (QUIC's usual ceiling is 1452). Measured on loopback, RF=3
+/// acks=all, `benches/cluster-sitting.sh`'s load, three interleaved rounds each: 1452
+/// gave 47–58k msgs/s (p99 38–45 ms), 4000 gave 55–61k (p99 40–46 ms), and a jumbo
+/// frame's 8952 only 39–45k with a p99 of 136–141 ms, so the bound is not the largest
+/// the path allows.
+pub const UDP_PAYLOAD_MAX: u16 = 4000;
 
 /// The send and receive buffer each QUIC endpoint asks of its UDP socket (the kernel
-/// caps it at `net.core.rmem_max` / `wmem_max`). The 208 KiB Linux default holds only
-/// some two dozen packets of [`UDP_PAYLOAD_MAX`]: a burst (a produce of a few hundred
-/// KiB, a fetch, a leader's appends to a follower) overflowed it and the dropped
-/// packets cost a loss recovery (the p99 went from tens of milliseconds to over 100).
+/// caps it at `net.core.rmem_max` / `wmem_max`). At the 208 KiB Linux default, bursts
+/// (a produce of a few hundred KiB, a fetch, a leader's appends to a follower)
+/// overflowed the receive buffer: 578–816 datagrams dropped per 300k-message RF=3 run,
+/// each costing a loss recovery (p99 54–66 ms against 38–45 ms with 4 MiB).
 pub const UDP_SOCKET_BUFFER_BYTES: usize = 4 << 20;
 
 // QUIC application error codes: stream resets / STOP_SENDING and CONNECTION_CLOSE reasons.
