@@ -363,7 +363,8 @@ mod tests {
         };
         let text = render(stats, StatsSnapshot::default()).unwrap();
         let bucket = |le: &str| -> u64 {
-            let prefix = format!("sluice_fsync_duration_seconds_bucket{{le=\"{le}\",shard=\"0\"}} ");
+            let prefix =
+                format!("sluice_fsync_duration_seconds_bucket{{le=\"{le}\",shard=\"0\"}} ");
             text.lines()
                 .find_map(|l| l.strip_prefix(prefix.as_str()))
                 .unwrap_or_else(|| panic!("no bucket {le} in\n{text}"))
