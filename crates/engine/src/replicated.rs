@@ -226,6 +226,19 @@ impl<S: Storage> ReplicatedPartition<S> {
         self.run(now_ms).await
     }
 
+    /// [`Replica::transfer_leadership`], then whatever it set off.
+    pub async fn transfer_leadership(
+        &mut self,
+        to: u64,
+        lag_max: u64,
+        now_ms: i64,
+    ) -> Result<bool, EngineError> {
+        self.check()?;
+        let started = self.replica.transfer_leadership(to, lag_max);
+        self.run(now_ms).await?;
+        Ok(started)
+    }
+
     /// Starts an election now.
     pub async fn campaign(&mut self, now_ms: i64) -> Result<(), EngineError> {
         self.check()?;

@@ -190,6 +190,11 @@ pub struct ShardConfig {
     pub retention_interval_ms: i64,
     /// This node's id in its partitions' Raft groups.
     pub node_id: u64,
+    /// How often (ms) a leader checks whether to hand leadership back to its group's
+    /// preferred leader (`Shard::raft_tick`); 0: never. Kafka's
+    /// `auto.leader.rebalance.enable`: after a failover, the node that comes back
+    /// leads its share of partitions again instead of the survivors keeping them all.
+    pub leader_rebalance_ms: i64,
 }
 
 impl Default for ShardConfig {
@@ -198,6 +203,7 @@ impl Default for ShardConfig {
             wait_limits: WaitLimits::default(),
             retention_interval_ms: 30_000,
             node_id: 1,
+            leader_rebalance_ms: 0,
         }
     }
 }
@@ -214,6 +220,8 @@ pub struct ShardStats {
     pub errors: u64,
     pub segments_deleted: u64,
     pub retention_errors: u64,
+    /// Leaderships handed back to a preferred leader (`leader_rebalance_ms`).
+    pub leader_transfers: u64,
 }
 
 #[derive(Debug)]
@@ -224,6 +232,8 @@ struct Partition<S: Storage> {
     waiters: Waiters,
     /// Produce requests the replica has not answered yet, with their deadlines.
     acks: BTreeMap<Token, i64>,
+    /// The group's preferred leader (the first of the voters it was opened with).
+    preferred: Option<u64>,
 }
 
 /// The partitions of one shard and the logic of every request on them.
@@ -236,6 +246,8 @@ pub struct Shard<P: StorageProvider> {
     stats: ShardStats,
     /// When retention last ran (`None`: not yet).
     retention_ms: Option<i64>,
+    /// When the leaders last checked for a preferred leader to hand back to.
+    rebalance_ms: Option<i64>,
 }
 
 impl<P: StorageProvider> Shard<P> {
@@ -248,6 +260,7 @@ impl<P: StorageProvider> Shard<P> {
             replies: VecDeque::new(),
             stats: ShardStats::default(),
             retention_ms: None,
+            rebalance_ms: None,
         }
     }
 
@@ -359,6 +372,7 @@ impl<P: StorageProvider> Shard<P> {
             .open(&tp)
             .map_err(|e| EngineError::StorageFailed(format!("{tp}: {e}")))?;
         let single = voters.len() == 1;
+        let preferred = voters.first().copied();
         let mut replica = ReplicaConfig::new(node, voters);
         replica.limits = config.limits;
         replica.seed =
@@ -375,6 +389,7 @@ impl<P: StorageProvider> Shard<P> {
                 rp,
                 waiters,
                 acks: BTreeMap::new(),
+                preferred,
             },
         );
         Ok(report)
@@ -750,12 +765,49 @@ impl<P: StorageProvider> Shard<P> {
     /// it at a steady cadence, `raft_tick_ms`, whatever else happens.
     pub async fn raft_tick(&mut self, now_ms: i64) {
         let tps: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
-        for tp in tps {
-            if let Some(p) = self.partitions.get_mut(&tp) {
+        for tp in &tps {
+            if let Some(p) = self.partitions.get_mut(tp) {
                 let _ = p.rp.tick(now_ms).await;
             }
-            self.collect(&tp).await;
+            self.collect(tp).await;
         }
+        let every = self.config.leader_rebalance_ms;
+        let due = every > 0
+            && self
+                .rebalance_ms
+                .is_none_or(|t| now_ms.saturating_sub(t) >= every);
+        if due {
+            self.rebalance_ms = Some(now_ms);
+            for tp in &tps {
+                self.hand_back(tp, now_ms).await;
+            }
+        }
+    }
+
+    /// Most entries a preferred leader may lag for a transfer to start: about a round
+    /// trip of appends under load, so a busy group still hands back.
+    const TRANSFER_LAG_MAX: u64 = 256;
+
+    /// If this node leads `tp` but is not its preferred leader, and the preferred one
+    /// is up and caught up, hands leadership back to it.
+    async fn hand_back(&mut self, tp: &TopicPartition, now_ms: i64) {
+        let node = self.config.node_id;
+        let Some(p) = self.partitions.get_mut(tp) else {
+            return;
+        };
+        let Some(to) = p.preferred.filter(|&to| to != node) else {
+            return;
+        };
+        if !p.rp.replica().is_ready_leader() {
+            return;
+        }
+        if let Ok(true) =
+            p.rp.transfer_leadership(to, Self::TRANSFER_LAG_MAX, now_ms)
+                .await
+        {
+            self.stats.leader_transfers += 1;
+        }
+        self.collect(tp).await;
     }
 
     /// Answers deadlines that passed and applies retention when it is due.

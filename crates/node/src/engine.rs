@@ -77,6 +77,9 @@ pub struct EngineConfig {
     /// Raft tick interval of groups with peers: heartbeats every 2 ticks, election
     /// timeouts drawn from [10, 20) ticks.
     pub raft_tick_ms: u64,
+    /// How often (ms) a leader checks whether to hand a partition back to its preferred
+    /// leader (the first of its replicas) when that one is up and caught up; 0: never.
+    pub leader_rebalance_ms: u64,
     /// Cluster mode: the voters of the controller group (`__cluster/0`, opened at start
     /// on its shard). `None`: a single-node broker with its topic registry.
     pub controller_voters: Option<Vec<u64>>,
@@ -100,6 +103,7 @@ impl EngineConfig {
             retention_interval_ms: 30_000,
             node_id: 1,
             raft_tick_ms: 30,
+            leader_rebalance_ms: 10_000,
             controller_voters: None,
             outbox: None,
         }
@@ -371,6 +375,8 @@ impl Engine {
                     retention_interval_ms: i64::try_from(config.retention_interval_ms)
                         .unwrap_or(i64::MAX),
                     node_id: config.node_id,
+                    leader_rebalance_ms: i64::try_from(config.leader_rebalance_ms)
+                        .unwrap_or(i64::MAX),
                 },
                 rx,
                 initial,

@@ -153,6 +153,9 @@ impl EngineStats {
             t.flushes += c.flushes;
             t.partitions_synced += c.partitions_synced;
             t.errors += c.errors;
+            t.segments_deleted += c.segments_deleted;
+            t.retention_errors += c.retention_errors;
+            t.leader_transfers += c.leader_transfers;
         }
         t
     }

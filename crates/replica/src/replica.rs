@@ -469,6 +469,29 @@ impl Replica {
         self.leader_ready && self.raw.raft.state == StateRole::Leader
     }
 
+    /// Hands leadership to voter `to` (its preferred leader, say) if this replica is the
+    /// ready leader, `to` is another voter heard from within the last election timeout
+    /// and at most `lag_max` entries behind, and no transfer is under way. raft-rs then
+    /// sends `to` whatever it lacks and has it campaign at once (`MsgTimeoutNow`);
+    /// meanwhile proposals are refused ([`ProposeError::Dropped`], retriable), for at
+    /// most an election timeout if the transfer does not complete. True if started.
+    pub fn transfer_leadership(&mut self, to: u64, lag_max: u64) -> bool {
+        let raft = &self.raw.raft;
+        if !self.is_ready_leader() || to == self.id || raft.lead_transferee.is_some() {
+            return false;
+        }
+        let last = raft.raft_log.last_index();
+        let Some(pr) = raft.prs().get(to) else {
+            return false;
+        };
+        if !pr.recent_active || last.saturating_sub(pr.matched) > lag_max {
+            return false;
+        }
+        self.raw.transfer_leader(to);
+        self.after_call();
+        true
+    }
+
     /// How many voters the group has (this replica's view of its configuration).
     pub fn voter_count(&self) -> usize {
         self.raw.raft.prs().conf().voters().ids().len()

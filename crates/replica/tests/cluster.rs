@@ -534,6 +534,49 @@ fn a_replica_that_lost_its_log_votes_for_no_one_until_caught_up() {
     }
 }
 
+/// Handing leadership to a caught-up voter makes it the leader, keeping every entry;
+/// to one that lags more than allowed, or to itself, it does nothing.
+#[test]
+fn leadership_is_handed_to_a_caught_up_voter() {
+    for seed in 0..4 {
+        let mut c = Cluster::new(seed);
+        let leader = c.elect();
+        let to = (1..=3).find(|i| *i != leader).unwrap();
+        let other = (1..=3).find(|i| *i != leader && *i != to).unwrap();
+        c.propose_fives(leader, 0..4, "before");
+        c.tick(3);
+        assert!(!c.node(leader).replica.transfer_leadership(leader, 0));
+        // `other` misses the next entries: too far behind for a lag of 1.
+        c.isolated.insert(other);
+        c.propose_fives(leader, 4..8, "more");
+        c.tick(1);
+        assert!(
+            !c.node(leader).replica.transfer_leadership(other, 1),
+            "seed {seed}"
+        );
+        c.isolated.clear();
+        c.tick(3);
+        assert!(
+            c.node(leader).replica.transfer_leadership(to, 0),
+            "seed {seed}"
+        );
+        c.settle();
+        c.tick(5);
+        assert_eq!(c.elect(), to, "seed {seed}");
+        c.node(to)
+            .replica
+            .handle_propose(100, batch(5, "after"), Acks::All)
+            .unwrap();
+        c.settle();
+        c.tick(3);
+        assert_eq!(c.node(to).replies[&100].clone().unwrap().base_offset, 40);
+        let want = values(&c.node(to).log);
+        for id in 1..=3 {
+            assert_eq!(values(&c.node(id).log), want, "seed {seed}, node {id}");
+        }
+    }
+}
+
 /// Found by the simulator (seed 13 with retention): a lost `MsgSnapshot` left the
 /// leader's progress for that follower in raft-rs's Snapshot state, which sends nothing
 /// until `report_snapshot`; the follower never caught up while that leader lasted.

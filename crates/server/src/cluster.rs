@@ -60,6 +60,8 @@ pub struct ClusterSettings {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub raft_tick_ms: u64,
+    /// `[cluster] leader_rebalance_ms` (0: off).
+    pub leader_rebalance_ms: u64,
 }
 
 /// How long an admin request waits for its command to be committed and applied.

@@ -81,6 +81,9 @@ pub struct ClusterFile {
     pub proxy: bool,
     /// Raft tick (default 30 ms): heartbeats every 2 ticks, elections after 10–20.
     pub raft_tick_ms: Option<u64>,
+    /// How often (ms) a leader hands partitions back to their preferred leader once it
+    /// is up and caught up (default 10000; 0 turns it off).
+    pub leader_rebalance_ms: Option<u64>,
     /// Every node of the cluster, this one included.
     pub nodes: Vec<NodeFile>,
 }
@@ -267,6 +270,7 @@ fn cluster_settings(
         cert: cert.clone(),
         key: key.clone(),
         raft_tick_ms: c.raft_tick_ms.unwrap_or(30),
+        leader_rebalance_ms: c.leader_rebalance_ms.unwrap_or(10_000),
     })
 }
 

@@ -126,6 +126,7 @@ fn engine_config(
     if let Some(cl) = &s.cluster {
         c.controller_voters = Some(cl.nodes.iter().map(|n| n.id).collect());
         c.raft_tick_ms = cl.raft_tick_ms;
+        c.leader_rebalance_ms = cl.leader_rebalance_ms;
         let links = Arc::clone(links);
         c.outbox = Some(RaftOutbox(Arc::new(move |to, frame| {
             if let Some(l) = links.get() {

@@ -234,6 +234,12 @@ impl Collector for Snapshot {
             "Log segments deleted by retention.",
             &[(vec![], core.segments_deleted)],
         )?;
+        counter_family(
+            &mut enc,
+            "sluice_leader_transfers",
+            "Partition leaderships this node handed back to their preferred leader.",
+            &[(vec![], core.leader_transfers)],
+        )?;
 
         counter_family(
             &mut enc,

@@ -416,6 +416,86 @@ async fn failover_time() {
     );
 }
 
+/// Leader of every partition of `topic` (0..n), once each has one.
+async fn leaders_of(clients: &Clients, topic: &str, n: u32) -> BTreeMap<u32, u32> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut all = BTreeMap::new();
+        for p in 0..n {
+            if let Some(l) = leader(clients, topic, p).await {
+                all.insert(p, l);
+            }
+        }
+        if all.len() == n as usize {
+            return all;
+        }
+        assert!(Instant::now() < deadline, "{topic}: leaders {all:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// After a failover the survivors lead everything; the preferred leader, restarted and
+/// caught up, is handed its partition back (`leader_rebalance_ms`), and writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_preferred_leader_is_handed_its_partition_back() {
+    let mut cluster = TestCluster::start(3, false);
+    let mut clients = Clients::connect(&cluster).await;
+    clients.create("pref", 3).await;
+    // New groups elect their preferred leaders: one partition per node.
+    let first = leaders_of(&clients, "pref", 3).await;
+    let victim = first[&0];
+    let mut acked = vec![(
+        0,
+        clients.produce("pref", 0, &["a".into()]).await.unwrap(),
+        vec!["a".to_owned()],
+    )];
+    cluster.node(u64::from(victim)).kill();
+    let survivor = clients.by_node.remove(&victim).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while leader(&clients, "pref", 0)
+        .await
+        .is_none_or(|l| l == victim)
+    {
+        assert!(Instant::now() < deadline, "no new leader for pref/0");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    acked.push((
+        0,
+        clients.produce("pref", 0, &["b".into()]).await.unwrap(),
+        vec!["b".to_owned()],
+    ));
+    cluster.node(u64::from(victim)).restart();
+    clients.by_node.insert(victim, survivor);
+    let t0 = Instant::now();
+    while leader(&clients, "pref", 0).await != Some(victim) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "node {victim} never got pref/0 back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "pref/0 back on node {victim} {:?} after its restart",
+        t0.elapsed()
+    );
+    let transfers: u64 = cluster
+        .nodes
+        .iter()
+        .filter_map(|n| n.admin_get("/metrics"))
+        .filter_map(|(_, page)| metric(&page, "sluice_leader_transfers_total", ""))
+        .sum();
+    assert!(transfers > 0, "no node counted a leadership transfer");
+    acked.push((
+        0,
+        clients.produce("pref", 0, &["c".into()]).await.unwrap(),
+        vec!["c".to_owned()],
+    ));
+    assert_eq!(
+        clients.read_all("pref", 0).await,
+        expected_records(&acked, 0)
+    );
+}
+
 /// The value of the metric line `name{labels}` in a Prometheus text page, if present.
 fn metric(page: &str, name: &str, labels: &str) -> Option<u64> {
     let prefix = format!("{name}{{{labels}}} ");

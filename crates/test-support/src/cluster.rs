@@ -29,6 +29,10 @@ pub struct TestCluster {
     _dir: tempfile::TempDir,
 }
 
+/// `[cluster] leader_rebalance_ms` of test clusters: a tenth of the default, so a
+/// restarted preferred leader gets its partitions back within a test's patience.
+pub const LEADER_REBALANCE_MS: u64 = 1000;
+
 /// The config file of node `me`.
 pub fn node_config(
     me: &NodeAddrs,
@@ -39,7 +43,8 @@ pub fn node_config(
 ) -> String {
     let mut s = format!(
         "node_id = {id}\nadvertised_addr = \"{quic}\"\nshards = 1\n\n[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n\n\
-         [cluster]\ncluster_id = \"test\"\npeer_listen = \"{peer}\"\nca = \"{ca}\"\nproxy = {proxy}\nraft_tick_ms = {raft_tick_ms}\n",
+         [cluster]\ncluster_id = \"test\"\npeer_listen = \"{peer}\"\nca = \"{ca}\"\nproxy = {proxy}\nraft_tick_ms = {raft_tick_ms}\n\
+         leader_rebalance_ms = {LEADER_REBALANCE_MS}\n",
         id = me.id,
         quic = me.quic,
         peer = me.peer,
