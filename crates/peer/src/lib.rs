@@ -23,15 +23,17 @@
 //!   never waits: each peer has a bounded queue of `queue_frames` frames; a full queue,
 //!   an unknown peer or a frame over `frame_bytes_max` returns a [`SendError`] and counts
 //!   a drop (Raft retransmits). The peer's task takes everything queued at once and
-//!   writes it on one new uni stream as length-prefixed frames (`u32` LE length, then the
-//!   bytes), then finishes the stream. While the connection is down the queue is not read:
-//!   frames wait in it, and drop once it is full. A batch whose stream or connection fails
-//!   mid-write is dropped and counted.
+//!   writes it as length-prefixed frames (`u32` LE length, then the bytes) on the
+//!   connection's one raft stream, a uni stream opened on first use and kept open (no
+//!   stream to open, and no stream credit to wait for, per batch). While the connection
+//!   is down the queue is not read: frames wait in it, and drop once it is full. A batch
+//!   whose write fails is dropped and counted, and its stream reset; the next batch
+//!   opens a new one.
 //! - **Order.** The acceptor reads a connection's raft streams one after the other, in the
 //!   order they were opened, so [`PeerHandler::raft`] sees one sender's frames in the
-//!   order sent (minus drops). A stream that delivers nothing for
-//!   `stream_stall_timeout` is stopped, so a stuck stream holds up its own sender only
-//!   briefly.
+//!   order sent (minus drops). Between frames a stream may rest as long as the
+//!   connection lives; a frame that stops arriving for `stream_stall_timeout` midway
+//!   stops its stream, so a stuck stream holds up its own sender only briefly.
 //! - **Forwards: one bidirectional stream per request.** [`PeerLinks::forward`] writes
 //!   the request bytes (an already-encoded client frame), finishes, and reads the whole
 //!   answer; the acceptor reads the request, awaits [`PeerHandler::forward`], writes the

@@ -169,6 +169,9 @@ async fn pump(
 ) -> PumpEnd {
     let limit = shared.config.queue_frames;
     let mut batch = Vec::with_capacity(limit.min(64));
+    // One raft stream for the connection's life: frames follow each other on it, with
+    // no stream to open (and no stream credit to wait for) per batch.
+    let mut stream: Option<Outgoing> = None;
     loop {
         tokio::select! {
             reason = conn.closed() => return PumpEnd::Lost(reason),
@@ -183,7 +186,7 @@ async fn pump(
         }
         let frames = batch.len();
         let bytes = batch.iter().map(Bytes::len).sum();
-        match write_batch(conn, &mut batch).await {
+        match write_batch(conn, &mut stream, &mut batch).await {
             Ok(()) => peer.outbound.sent(frames, bytes),
             Err(error) => {
                 peer.outbound.dropped(frames);
@@ -197,9 +200,13 @@ async fn pump(
     }
 }
 
-/// Writes `batch` as length-prefixed frames on one new uni stream, and finishes it.
-async fn write_batch(conn: &Connection, batch: &mut Vec<Bytes>) -> Result<(), WriteError> {
-    let send = Outgoing::new(conn.open_uni().await?);
+/// Writes `batch` as length-prefixed frames on the connection's raft stream (opened on
+/// first use, and again after a failed write, which leaves it reset).
+async fn write_batch(
+    conn: &Connection,
+    stream: &mut Option<Outgoing>,
+    batch: &mut Vec<Bytes>,
+) -> Result<(), WriteError> {
     let mut chunks = Vec::with_capacity(batch.len() * 2);
     for frame in batch.drain(..) {
         let len = u32::try_from(frame.len());
@@ -208,5 +215,12 @@ async fn write_batch(conn: &Connection, batch: &mut Vec<Bytes>) -> Result<(), Wr
         chunks.push(Bytes::copy_from_slice(&frame_header(len.unwrap_or(0))));
         chunks.push(frame);
     }
-    send.finish(&mut chunks).await
+    let send = match stream.take() {
+        Some(send) => send,
+        None => Outgoing::new(conn.open_uni().await?),
+    };
+    // A failed write drops (resets) the stream: the reader discards any frame it cut,
+    // and the next batch opens a new one.
+    *stream = Some(send.write(&mut chunks).await?);
+    Ok(())
 }

@@ -83,6 +83,14 @@ impl Outgoing {
         Ok(())
     }
 
+    /// Writes `chunks` in order and keeps the stream open for more; on an error the
+    /// stream is dropped (reset).
+    pub(crate) async fn write(mut self, chunks: &mut [Bytes]) -> Result<Outgoing, WriteError> {
+        let stream = self.0.as_mut().ok_or(WriteError::ClosedStream)?;
+        stream.write_all_chunks(chunks).await?;
+        Ok(self)
+    }
+
     /// Resets the stream with `code`.
     pub(crate) fn reset(mut self, code: u32) {
         if let Some(mut stream) = self.0.take() {
@@ -168,8 +176,21 @@ pub(crate) async fn read_frame(
     frame_bytes_max: usize,
     stall: Duration,
 ) -> Result<Option<Bytes>, StreamError> {
-    let Some(header) = read_exact(recv, FRAME_HEADER_BYTES, stall).await? else {
+    // Between frames a raft stream may rest as long as the connection lives (the
+    // sender keeps one stream open per connection); inside a frame, `stall` applies.
+    let Some(first) = next_chunk(recv, FRAME_HEADER_BYTES, Duration::MAX).await? else {
         return Ok(None);
+    };
+    let header = if first.len() == FRAME_HEADER_BYTES {
+        first
+    } else {
+        let rest = read_exact(recv, FRAME_HEADER_BYTES - first.len(), stall)
+            .await?
+            .ok_or(StreamError::Truncated)?;
+        let mut whole = BytesMut::with_capacity(FRAME_HEADER_BYTES);
+        whole.extend_from_slice(&first);
+        whole.extend_from_slice(&rest);
+        whole.freeze()
     };
     let header: [u8; FRAME_HEADER_BYTES] = header
         .as_ref()
