@@ -408,7 +408,11 @@ impl Replica {
             failed: None,
             installed_extra: None,
             lost_logs: 0,
-            catching_up: (!had_state && config.voters.len() > 1).then_some(None),
+            catching_up: if had_state {
+                state.catching_up.then_some(None)
+            } else {
+                (config.voters.len() > 1).then_some(None)
+            },
             votes_withheld: 0,
         };
         replica.reroll_timeout();
@@ -434,6 +438,7 @@ impl Replica {
             start: s.start,
             membership: s.membership(),
             markers: s.markers.values().cloned().collect(),
+            catching_up: self.catching_up.is_some(),
         }
     }
 
@@ -650,6 +655,8 @@ impl Replica {
         if let Some(Some(target)) = self.catching_up {
             if self.raw.raft.raft_log.committed >= target {
                 self.catching_up = None;
+                // Durably: a restart from here on votes normally.
+                self.save_state();
             }
         }
     }

@@ -12,7 +12,7 @@
 //! Layout, little-endian (documented in `docs/STORAGE_FORMAT.md`, "raft.state"):
 //!
 //! ```text
-//! magic  u32 = 0x534C_5253 ("SRLS")   version u16 = 1   reserved u16 = 0
+//! magic  u32 = 0x534C_5253 ("SRLS")   version u16 = 1   flags u16 (bit 0: catching up)
 //! term u64  vote u64  commit u64
 //! start_index u64  start_term u64  start_offset u64
 //! voters: count u32, ids u64...   learners: count u32, ids u64...
@@ -27,6 +27,8 @@ use thiserror::Error;
 
 const MAGIC: u32 = 0x534C_5253;
 const VERSION: u16 = 1;
+/// Header flag: [`PersistentState::catching_up`].
+const FLAG_CATCHING_UP: u16 = 1;
 /// Upper bound on one marker's payload (a configuration change is a few dozen bytes).
 const MARKER_BYTES_MAX: usize = 1 << 20;
 /// Upper bound on the members of one configuration.
@@ -106,6 +108,10 @@ pub struct PersistentState {
     pub membership: Membership,
     /// Markers at indexes above `start.index`, in index order.
     pub markers: Vec<Marker>,
+    /// The replica started empty and has not yet caught up with a leader: it withholds
+    /// its vote from candidates with a non-empty log (see `Replica`'s vote guard).
+    /// Flag bit 0 of the header (the reserved field of earlier builds, always 0 there).
+    pub catching_up: bool,
 }
 
 /// Why `raft.state` could not be decoded.
@@ -135,7 +141,7 @@ impl PersistentState {
         let mut b = Vec::with_capacity(128 + self.markers.len() * 48);
         b.extend_from_slice(&MAGIC.to_le_bytes());
         b.extend_from_slice(&VERSION.to_le_bytes());
-        b.extend_from_slice(&0u16.to_le_bytes());
+        b.extend_from_slice(&u16::from(self.catching_up).to_le_bytes());
         for v in [
             self.term,
             self.vote,
@@ -189,7 +195,10 @@ impl PersistentState {
         if stored != computed {
             return Err(StateError::BadCrc { stored, computed });
         }
-        let _reserved = r.u16()?;
+        let flags = r.u16()?;
+        if flags & !FLAG_CATCHING_UP != 0 {
+            return Err(StateError::OutOfBounds("flags"));
+        }
         let term = r.u64()?;
         let vote = r.u64()?;
         let commit = r.u64()?;
@@ -249,6 +258,7 @@ impl PersistentState {
                 auto_leave,
             },
             markers,
+            catching_up: flags & FLAG_CATCHING_UP != 0,
         })
     }
 }
@@ -348,6 +358,7 @@ mod tests {
                     context: vec![9],
                 },
             ],
+            catching_up: true,
         }
     }
 

@@ -520,6 +520,14 @@ fn a_replica_that_lost_its_log_votes_for_no_one_until_caught_up() {
         );
         assert!(c.node(wiped).replica.is_catching_up(), "seed {seed}");
         assert!(c.node(wiped).replica.votes_withheld() > 0, "seed {seed}");
+        // Restarted again before catching up: the guard was persisted and still holds.
+        c.restart(wiped);
+        c.tick(100);
+        assert!(
+            !c.node(lagging).replica.is_ready_leader(),
+            "seed {seed}: elected after the wiped node restarted again"
+        );
+        assert!(c.node(wiped).replica.is_catching_up(), "seed {seed}");
         // The old leader returns: someone with every committed entry leads, and the
         // wiped node catches up (and votes again).
         c.restart(leader);
