@@ -103,6 +103,24 @@ impl Clients {
         }
     }
 
+    /// Batches `range` of five values `{tag}-{i}-{j}`, batch `i` to partition
+    /// `i % partitions`, each acknowledged (acks=all) before the next; appended to
+    /// `acked` as (partition, base offset, values).
+    async fn produce_fives(
+        &self,
+        topic: &str,
+        partitions: u32,
+        range: std::ops::Range<u32>,
+        tag: &str,
+        acked: &mut Vec<(u32, u64, Vec<String>)>,
+    ) {
+        for i in range {
+            let values: Vec<String> = (0..5).map(|j| format!("{tag}-{i}-{j}")).collect();
+            let p = i % partitions;
+            acked.push((p, self.produce(topic, p, &values).await.unwrap(), values));
+        }
+    }
+
     /// Every committed value of a partition, read from its leader.
     async fn read_all(&self, topic: &str, partition: u32) -> Vec<(u64, String)> {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -204,10 +222,7 @@ async fn a_killed_leader_is_replaced_and_keeps_every_acked_write() {
     let mut clients = Clients::connect(&cluster).await;
     clients.create("fo", 1).await;
     let mut acked: Vec<(u32, u64, Vec<String>)> = Vec::new();
-    for i in 0..20u32 {
-        let values: Vec<String> = (0..5).map(|j| format!("a-{i}-{j}")).collect();
-        acked.push((0, clients.produce("fo", 0, &values).await.unwrap(), values));
-    }
+    clients.produce_fives("fo", 1, 0..20, "a", &mut acked).await;
     let old = leader(&clients, "fo", 0).await.expect("a leader");
     cluster.node(u64::from(old)).kill();
     clients.by_node.remove(&old);
@@ -218,10 +233,9 @@ async fn a_killed_leader_is_replaced_and_keeps_every_acked_write() {
         .unwrap();
     eprintln!("first write acknowledged {:?} after the kill", t0.elapsed());
     acked.push((0, first, vec!["first".to_owned()]));
-    for i in 20..40u32 {
-        let values: Vec<String> = (0..5).map(|j| format!("a-{i}-{j}")).collect();
-        acked.push((0, clients.produce("fo", 0, &values).await.unwrap(), values));
-    }
+    clients
+        .produce_fives("fo", 1, 20..40, "a", &mut acked)
+        .await;
     eprintln!("20 more writes by {:?}", t0.elapsed());
     assert!(t0.elapsed() < Duration::from_secs(20));
     let new = leader(&clients, "fo", 0).await.expect("a new leader");
@@ -237,14 +251,9 @@ async fn all_three_restart_and_keep_their_data() {
     let clients = Clients::connect(&cluster).await;
     clients.create("kept", 2).await;
     let mut acked = Vec::new();
-    for i in 0..10u32 {
-        let values: Vec<String> = (0..5).map(|j| format!("k-{i}-{j}")).collect();
-        acked.push((
-            i % 2,
-            clients.produce("kept", i % 2, &values).await.unwrap(),
-            values,
-        ));
-    }
+    clients
+        .produce_fives("kept", 2, 0..10, "k", &mut acked)
+        .await;
     drop(clients);
     for n in &mut cluster.nodes {
         let status = n.terminate();
@@ -511,28 +520,18 @@ async fn a_node_restarted_with_an_empty_data_dir_catches_up() {
     let clients = Clients::connect(&cluster).await;
     clients.create("wiped", 2).await;
     let mut acked = Vec::new();
-    for i in 0..10u32 {
-        let values: Vec<String> = (0..5).map(|j| format!("w-{i}-{j}")).collect();
-        acked.push((
-            i % 2,
-            clients.produce("wiped", i % 2, &values).await.unwrap(),
-            values,
-        ));
-    }
+    clients
+        .produce_fives("wiped", 2, 0..10, "w", &mut acked)
+        .await;
     // Node 3 loses its disk: stopped, its data directory removed, started empty.
     let status = cluster.node(3).terminate();
     assert!(status.success(), "{status}");
     let dir = cluster.node(3).data_dir().to_path_buf();
     std::fs::remove_dir_all(&dir).unwrap();
     // Writes go on meanwhile (two of three replicas are a quorum).
-    for i in 10..14u32 {
-        let values: Vec<String> = (0..5).map(|j| format!("w-{i}-{j}")).collect();
-        acked.push((
-            i % 2,
-            clients.produce("wiped", i % 2, &values).await.unwrap(),
-            values,
-        ));
-    }
+    clients
+        .produce_fives("wiped", 2, 10..14, "w", &mut acked)
+        .await;
     cluster.node(3).restart();
     // Node 3 learns the topic from the controller log, reopens its replicas empty and
     // is brought up to date by their leaders: its committed end matches every acked
