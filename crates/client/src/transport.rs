@@ -588,7 +588,7 @@ impl Client {
         payload: &[u8],
     ) -> Result<(Response, Vec<u8>), ClientError> {
         let prepared = self.prepare(&request, payload)?;
-        match partition_of(&request) {
+        match request.partition() {
             Some((topic, partition)) => self.to_leader(topic, partition, &prepared, payload).await,
             None => self.to_any(&prepared, payload).await,
         }
@@ -1257,22 +1257,6 @@ struct Prepared {
     kind: RequestKind,
     head: Vec<u8>,
     deadline: Duration,
-}
-
-/// The partition a request is addressed to, for those that must reach its leader.
-fn partition_of(request: &Request) -> Option<(&str, u32)> {
-    match request {
-        Request::Produce {
-            topic, partition, ..
-        }
-        | Request::Fetch {
-            topic, partition, ..
-        }
-        | Request::ListOffsets {
-            topic, partition, ..
-        } => Some((topic, *partition)),
-        _ => None,
-    }
 }
 
 /// A failure that says the node may be unreachable or leaving: its partitions' leaders

@@ -26,18 +26,8 @@ const FORWARD_SLACK: Duration = Duration::from_secs(10);
 
 /// The partition a request addresses, if it is partition-addressed.
 pub fn request_tp(r: &Request) -> Option<TopicPartition> {
-    match r {
-        Request::Produce {
-            topic, partition, ..
-        }
-        | Request::Fetch {
-            topic, partition, ..
-        }
-        | Request::ListOffsets {
-            topic, partition, ..
-        } => Some(TopicPartition::new(topic.clone(), *partition)),
-        _ => None,
-    }
+    r.partition()
+        .map(|(topic, partition)| TopicPartition::new(topic, partition))
 }
 
 /// `topic`/`partition` if the controller state has it.

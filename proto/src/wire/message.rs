@@ -211,6 +211,23 @@ impl Request {
         }
     }
 
+    /// The topic and partition of a request addressed to one partition (`Produce`,
+    /// `Fetch`, `ListOffsets`: those that must reach the partition's leader).
+    pub fn partition(&self) -> Option<(&str, u32)> {
+        match self {
+            Request::Produce {
+                topic, partition, ..
+            }
+            | Request::Fetch {
+                topic, partition, ..
+            }
+            | Request::ListOffsets {
+                topic, partition, ..
+            } => Some((topic, *partition)),
+            _ => None,
+        }
+    }
+
     /// Whether this request's frame carries a payload (only `Produce`: its batch).
     pub fn has_payload(&self) -> bool {
         matches!(self, Request::Produce { .. })

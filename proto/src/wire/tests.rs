@@ -1738,3 +1738,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn partition_addressed_requests_name_their_partition() {
+    let (_, produce) = produce_request();
+    assert_eq!(produce.partition(), Some(("t", 3)));
+    let fetch = Request::Fetch {
+        topic: "t".into(),
+        partition: 3,
+        offset: 0,
+        max_bytes: 1,
+        max_wait_ms: 0,
+    };
+    assert_eq!(fetch.partition(), Some(("t", 3)));
+    assert_eq!(Request::ListTopics.partition(), None);
+    assert_eq!(Request::InitProducer.partition(), None);
+}
