@@ -833,29 +833,11 @@ impl EngineHandle {
             voters: vec![self.inner.node_id],
             campaign: false,
         });
-        let results = self
-            .inner
-            .per_shard(
-                specs,
-                |s| &s.tp,
-                |partitions, reply| Request::Open { partitions, reply },
-            )
-            .await;
-        let mut failure = None;
-        for (_, r) in results {
-            match r {
-                Ok(opened) => {
-                    for (tp, r) in opened {
-                        if let Err(e) = r {
-                            failure.get_or_insert(format!("opening {tp}: {e}"));
-                        }
-                    }
-                }
-                Err(e) => {
-                    failure.get_or_insert(e.to_string());
-                }
-            }
-        }
+        let failure = self
+            .open_specs(specs)
+            .await
+            .into_iter()
+            .find_map(|(tp, r)| r.err().map(|e| format!("opening {tp}: {e}")));
         if let Some(reason) = failure {
             tracing::error!(topic = name, %reason, "engine: create failed, rolling back");
             // Best effort: whatever is left is finished by the next start (the name
@@ -1043,6 +1025,12 @@ impl EngineHandle {
                 voters,
                 campaign,
             });
+        self.open_specs(specs).await
+    }
+
+    /// Opens each spec on its shard; one outcome per partition (a shard that could not
+    /// be asked fails each of its partitions).
+    async fn open_specs(&self, specs: impl IntoIterator<Item = OpenSpec>) -> Vec<Opened> {
         let results = self
             .inner
             .per_shard(
