@@ -476,6 +476,17 @@ struct Rps {
 }
 
 impl Rps {
+    /// Nodes 1..=3, node `id` on `fss[id - 1]`, nothing cut.
+    fn three(fss: &[MemFs]) -> Rps {
+        Rps {
+            nodes: (1..=3u64)
+                .map(|id| (id, open_rp(&fss[id as usize - 1], id)))
+                .collect(),
+            cut: BTreeSet::new(),
+            now: 0,
+        }
+    }
+
     fn cycle(&mut self) {
         self.now += 10;
         for p in self.nodes.values_mut() {
@@ -520,13 +531,7 @@ fn header(bytes: &[u8]) -> BatchHeader {
 #[test]
 fn after_a_suffix_cut_the_cut_batch_is_accepted_again() {
     let fss: Vec<MemFs> = (0..3).map(|_| MemFs::new()).collect();
-    let mut rps = Rps {
-        nodes: (1..=3u64)
-            .map(|id| (id, open_rp(&fss[id as usize - 1], id)))
-            .collect(),
-        cut: BTreeSet::new(),
-        now: 0,
-    };
+    let mut rps = Rps::three(&fss);
     let first = rps.elect(&[1, 2, 3]);
     // Isolated, the leader appends the batch to its own log only.
     rps.cut.insert(first);
@@ -590,13 +595,7 @@ fn after_a_suffix_cut_the_cut_batch_is_accepted_again() {
 #[test]
 fn a_follower_restarted_at_the_leaders_log_start_learns_the_retained_producers() {
     let fss: Vec<MemFs> = (0..3).map(|_| MemFs::new()).collect();
-    let mut rps = Rps {
-        nodes: (1..=3u64)
-            .map(|id| (id, open_rp(&fss[id as usize - 1], id)))
-            .collect(),
-        cut: BTreeSet::new(),
-        now: 0,
-    };
+    let mut rps = Rps::three(&fss);
     let leader = rps.elect(&[1, 2, 3]);
     let lagging = (1..=3).find(|n| *n != leader).unwrap();
     rps.cut.insert(lagging);
