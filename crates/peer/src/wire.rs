@@ -146,12 +146,14 @@ async fn next_chunk(
 }
 
 /// Reads exactly `len` bytes; `Ok(None)` if the stream ends before the first byte.
+/// The first bytes may take up to `first_stall` to come, each later chunk `stall`.
 async fn read_exact(
     recv: &mut RecvStream,
     len: usize,
+    first_stall: Duration,
     stall: Duration,
 ) -> Result<Option<Bytes>, StreamError> {
-    let Some(first) = next_chunk(recv, len, stall).await? else {
+    let Some(first) = next_chunk(recv, len, first_stall).await? else {
         return Ok(if len == 0 { Some(Bytes::new()) } else { None });
     };
     if first.len() == len {
@@ -178,19 +180,8 @@ pub(crate) async fn read_frame(
 ) -> Result<Option<Bytes>, StreamError> {
     // Between frames a raft stream may rest as long as the connection lives (the
     // sender keeps one stream open per connection); inside a frame, `stall` applies.
-    let Some(first) = next_chunk(recv, FRAME_HEADER_BYTES, Duration::MAX).await? else {
+    let Some(header) = read_exact(recv, FRAME_HEADER_BYTES, Duration::MAX, stall).await? else {
         return Ok(None);
-    };
-    let header = if first.len() == FRAME_HEADER_BYTES {
-        first
-    } else {
-        let rest = read_exact(recv, FRAME_HEADER_BYTES - first.len(), stall)
-            .await?
-            .ok_or(StreamError::Truncated)?;
-        let mut whole = BytesMut::with_capacity(FRAME_HEADER_BYTES);
-        whole.extend_from_slice(&first);
-        whole.extend_from_slice(&rest);
-        whole.freeze()
     };
     let header: [u8; FRAME_HEADER_BYTES] = header
         .as_ref()
@@ -203,7 +194,7 @@ pub(crate) async fn read_frame(
             max: frame_bytes_max,
         });
     }
-    match read_exact(recv, len, stall).await? {
+    match read_exact(recv, len, stall, stall).await? {
         Some(frame) => Ok(Some(frame)),
         None => Err(StreamError::Truncated),
     }
