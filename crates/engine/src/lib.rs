@@ -32,10 +32,10 @@ pub mod replicated;
 pub mod shard;
 pub mod waiters;
 
-pub use replicated::{ProduceReply, ReplicatedPartition, StepError, RAFT_STATE_FILE};
+pub use replicated::{PendingSync, ProduceReply, ReplicatedPartition, StepError, RAFT_STATE_FILE};
 pub use shard::{
-    AckPolicy, EngineError, OffsetQuery, PartitionStats, Reply, Shard, ShardConfig, ShardStats,
-    StorageProvider, TopicPartition,
+    AckPolicy, EngineError, FlushInFlight, OffsetQuery, PartitionStats, Reply, Shard, ShardConfig,
+    ShardStats, StorageProvider, TopicPartition,
 };
 pub use waiters::{Token, WaitLimits};
 

@@ -5,7 +5,11 @@
 //! cold reads), collects what must leave the node (Raft messages, produce replies),
 //! and holds the sync the replica asked for until the owner runs [`sync`] — the
 //! owner (a shard, or the simulator's node) calls `sync` on every dirty partition
-//! once per flush cycle, which is the group commit.
+//! once per flush cycle, which is the group commit. A pipelined owner (the engine's
+//! shard driver) splits it: [`ReplicatedPartition::begin_sync`] starts the fdatasync
+//! without holding the partition, appends go on while it runs, and
+//! [`ReplicatedPartition::finish_sync`] reports to the replica only the writes that
+//! came before it began.
 //!
 //! A storage failure (an fsync error poisons the log) is returned as an error and
 //! leaves the partition unusable: the owner treats it as a crash of that replica and
@@ -29,7 +33,9 @@ use sluice_replica::{
     Acks, Action, Message, PersistentState, Produced, ProposeError, Replica, ReplicaConfig,
     ReplicaError, ReplyError, StoredBatch, Write,
 };
-use sluice_storage::{Batches, LogConfig, PartitionLog, RecoveryReport, Storage};
+use sluice_storage::{
+    Batches, DetachedSync, LogConfig, PartitionLog, RecoveryReport, Storage, SyncStart, SyncTicket,
+};
 
 use crate::producers::{ProducerTable, SequenceCheck, PRODUCERS_FILE};
 use crate::shard::EngineError;
@@ -39,6 +45,15 @@ pub const RAFT_STATE_FILE: &str = "raft.state";
 
 /// A produce answered by the replica: the token given to `propose`, and the outcome.
 pub type ProduceReply = (u64, Result<Produced, ReplyError>);
+
+/// A sync begun by [`ReplicatedPartition::begin_sync`] and still running: give it back
+/// to [`ReplicatedPartition::finish_sync`] with its fdatasync's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingSync {
+    /// The replica's persist number the sync vouches for.
+    number: u64,
+    ticket: SyncTicket,
+}
 
 /// A partition replica over its log. See the module docs.
 #[derive(Debug)]
@@ -286,6 +301,58 @@ impl<S: Storage> ReplicatedPartition<S> {
             return Err(self.fail(EngineError::from_log(e)));
         }
         self.replica.handle_persisted(number);
+        self.run(now_ms).await
+    }
+
+    /// Begins the sync [`ReplicatedPartition::sync`] would do, without waiting for it:
+    /// `Some` with the fdatasync to run (appends may go on meanwhile) when the backend
+    /// can sync detached; otherwise (or when nothing waits) the sync is done here, in
+    /// full, and the answer is `None`.
+    pub async fn begin_sync(
+        &mut self,
+        now_ms: i64,
+    ) -> Result<Option<(PendingSync, DetachedSync)>, EngineError> {
+        self.check()?;
+        let Some(number) = self.sync_wanted else {
+            return Ok(None);
+        };
+        match self.log.begin_sync() {
+            Ok(SyncStart::Detached(ticket, sync)) => {
+                self.sync_wanted = None;
+                Ok(Some((PendingSync { number, ticket }, sync)))
+            }
+            // Durable already (a roll or a cut synced it), or no detached sync here.
+            Ok(SyncStart::Durable | SyncStart::Inline) => self.sync(now_ms).await.map(|()| None),
+            Err(e) => Err(self.fail(EngineError::from_log(e))),
+        }
+    }
+
+    /// Completes a sync from [`ReplicatedPartition::begin_sync`]: tells the replica
+    /// what the fdatasync made durable (nothing when the log cut or replaced offsets
+    /// it covered meanwhile: a later sync vouches for those) and runs what follows.
+    pub async fn finish_sync(
+        &mut self,
+        pending: PendingSync,
+        result: std::io::Result<()>,
+        now_ms: i64,
+    ) -> Result<(), EngineError> {
+        self.check()?;
+        if !self.log.owns(&pending.ticket) {
+            // Begun on a partition of the same name that is gone.
+            return Ok(());
+        }
+        match self.log.finish_sync(pending.ticket, result) {
+            Ok(Some(_)) => self.replica.handle_persisted(pending.number),
+            Ok(None) => {
+                // The persist number stays owed: ask for a sync again.
+                self.sync_wanted = Some(
+                    self.sync_wanted
+                        .map_or(pending.number, |n| n.max(pending.number)),
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(self.fail(EngineError::from_log(e))),
+        }
         self.run(now_ms).await
     }
 

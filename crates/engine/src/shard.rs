@@ -12,6 +12,12 @@
 //! waiting producers are answered and long-polling fetches served; `tick` every few
 //! milliseconds for deadlines; `poll_reply` after each of these.
 //!
+//! The pipelined form of the flush: [`Shard::begin_flush`] starts the fdatasyncs and
+//! hands them out as one [`FlushInFlight`], which borrows nothing, so the owner goes on
+//! with requests (their appends join the next group) while it runs; then
+//! [`Shard::finish_flush`] with its results does what `flush` does after the syncs.
+//! Only appends made before `begin_flush` are made durable by it.
+//!
 //! Until replication exists the high watermark is the durable end of the local log:
 //! `acks=all` and `acks=leader` are answered after the fsync, `acks=none` after the
 //! append, and consumers never see a batch before it is durable.
@@ -24,7 +30,7 @@ use sluice_replica::{Acks, Message, ProposeError, ReplicaConfig, ReplyError};
 use sluice_storage::{Batches, LogConfig, LogError, RecoveryReport, Storage};
 use thiserror::Error;
 
-use crate::replicated::{ReplicatedPartition, StepError};
+use crate::replicated::{PendingSync, ReplicatedPartition, StepError};
 use crate::waiters::{PendingFetch, Ready, Token, WaitLimits, Waiters};
 
 /// A partition of a topic.
@@ -234,6 +240,23 @@ struct Partition<S: Storage> {
     acks: BTreeMap<Token, i64>,
     /// The group's preferred leader (the first of the voters it was opened with).
     preferred: Option<u64>,
+}
+
+/// A group commit begun by [`Shard::begin_flush`]: run [`FlushInFlight::syncs`] (they
+/// borrow nothing of the shard), then give their results, in order, to
+/// [`Shard::finish_flush`].
+pub struct FlushInFlight {
+    pending: Vec<(TopicPartition, PendingSync)>,
+    /// One fdatasync per partition in `pending`, in the same order.
+    pub syncs: Vec<sluice_storage::DetachedSync>,
+}
+
+impl std::fmt::Debug for FlushInFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlushInFlight")
+            .field("pending", &self.pending)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The partitions of one shard and the logic of every request on them.
@@ -723,18 +746,84 @@ impl<P: StorageProvider> Shard<P> {
         self.stats.partitions_synced += results.len() as u64;
         for (tp, result) in results {
             if let Err(err) = result {
-                let failed: Vec<Token> = match self.partitions.get_mut(&tp) {
-                    Some(p) => {
-                        p.rp.take_replies();
-                        std::mem::take(&mut p.acks).into_keys().collect()
-                    }
-                    None => Vec::new(),
-                };
-                for token in failed {
-                    self.reply(token, Reply::Failed(err.clone()));
-                }
+                self.fail_acks(&tp, &err);
             }
             self.collect(&tp).await;
+        }
+    }
+
+    /// Begins the group commit of every dirty partition without waiting for it (the
+    /// pipelined `flush`, module docs): `None` when there is nothing to run (nothing
+    /// dirty, or every sync was done here because its backend cannot sync detached).
+    pub async fn begin_flush(&mut self, now_ms: i64) -> Option<FlushInFlight> {
+        let dirty: Vec<TopicPartition> = self
+            .partitions
+            .iter()
+            .filter(|(_, p)| p.rp.needs_sync())
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        if dirty.is_empty() {
+            return None;
+        }
+        self.stats.flushes += 1;
+        self.stats.partitions_synced += dirty.len() as u64;
+        let mut flush = FlushInFlight {
+            pending: Vec::new(),
+            syncs: Vec::new(),
+        };
+        for tp in dirty {
+            let Some(p) = self.partitions.get_mut(&tp) else {
+                continue;
+            };
+            match p.rp.begin_sync(now_ms).await {
+                Ok(Some((pending, sync))) => {
+                    flush.pending.push((tp, pending));
+                    flush.syncs.push(sync);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(err) => self.fail_acks(&tp, &err),
+            }
+            self.collect(&tp).await;
+        }
+        (!flush.syncs.is_empty()).then_some(flush)
+    }
+
+    /// Completes a group commit from [`Shard::begin_flush`] with its syncs' results, in
+    /// the order of [`FlushInFlight::syncs`]: the high watermarks move, producers are
+    /// answered, long polls served. A partition deleted meanwhile is skipped.
+    pub async fn finish_flush(
+        &mut self,
+        flush: FlushInFlight,
+        results: Vec<io::Result<()>>,
+        now_ms: i64,
+    ) {
+        let mut results = results.into_iter();
+        for (tp, pending) in flush.pending {
+            let result = results
+                .next()
+                .unwrap_or_else(|| Err(io::Error::other("flush: no result for this sync")));
+            let Some(p) = self.partitions.get_mut(&tp) else {
+                continue;
+            };
+            if let Err(err) = p.rp.finish_sync(pending, result, now_ms).await {
+                self.fail_acks(&tp, &err);
+            }
+            self.collect(&tp).await;
+        }
+    }
+
+    /// A failed sync: the partition's waiting producers get `err`.
+    fn fail_acks(&mut self, tp: &TopicPartition, err: &EngineError) {
+        let failed: Vec<Token> = match self.partitions.get_mut(tp) {
+            Some(p) => {
+                p.rp.take_replies();
+                std::mem::take(&mut p.acks).into_keys().collect()
+            }
+            None => Vec::new(),
+        };
+        for token in failed {
+            self.reply(token, Reply::Failed(err.clone()));
         }
     }
 

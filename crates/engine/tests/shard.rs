@@ -490,3 +490,106 @@ fn producers_past_the_acks_limit_are_refused_before_anything_is_appended() {
         "the refused batch took no offset"
     );
 }
+
+/// Runs a pipelined flush's fdatasyncs (they borrow nothing of the shard).
+fn run_syncs(flush: &mut sluice_engine::FlushInFlight) -> Vec<io::Result<()>> {
+    block_on(futures_util::future::join_all(std::mem::take(
+        &mut flush.syncs,
+    )))
+}
+
+fn produced(base_offset: u64, last_offset: u64) -> Reply {
+    Reply::Produced {
+        base_offset,
+        last_offset,
+        log_start: 0,
+    }
+}
+
+#[test]
+fn a_pipelined_flush_acknowledges_only_what_was_appended_before_it_began() {
+    let mem = Mem::default();
+    let mut shard = shard_with(&mem, 2);
+    block_on(shard.produce(0, 1, &tp(0), batch(&["a"], 0), AckPolicy::All, 1000));
+    block_on(shard.produce(0, 2, &tp(1), batch(&["b"], 0), AckPolicy::All, 1000));
+    let mut flush = block_on(shard.begin_flush(1)).expect("two dirty partitions");
+    assert_eq!(flush.syncs.len(), 2);
+    assert!(
+        block_on(shard.begin_flush(1)).is_none(),
+        "nothing new is dirty"
+    );
+    // While the group syncs, the next one is appended.
+    block_on(shard.produce(1, 3, &tp(0), batch(&["c"], 0), AckPolicy::All, 1000));
+    assert!(replies(&mut shard).is_empty());
+    let results = run_syncs(&mut flush);
+    block_on(shard.finish_flush(flush, results, 2));
+    let mut r = replies(&mut shard);
+    r.sort_by_key(|(t, _)| *t);
+    assert_eq!(r, vec![(1, produced(0, 0)), (2, produced(0, 0))]);
+    block_on(shard.fetch(2, 4, &tp(0), 0, 1 << 20, 0));
+    assert_eq!(
+        values(&replies(&mut shard)[0].1),
+        vec!["a"],
+        "c is not durable"
+    );
+    // The next group.
+    let mut flush = block_on(shard.begin_flush(3)).expect("c is dirty");
+    assert_eq!(flush.syncs.len(), 1);
+    let results = run_syncs(&mut flush);
+    block_on(shard.finish_flush(flush, results, 4));
+    assert_eq!(replies(&mut shard), vec![(3, produced(1, 1))]);
+}
+
+#[test]
+fn a_flush_begun_on_a_partition_deleted_and_recreated_vouches_for_nothing_new() {
+    let mem = Mem::default();
+    let mut shard = shard_with(&mem, 1);
+    block_on(shard.produce(0, 1, &tp(0), batch(&["a"], 0), AckPolicy::All, 1000));
+    let mut flush = block_on(shard.begin_flush(1)).unwrap();
+    block_on(shard.delete_partition(&tp(0))).unwrap();
+    replies(&mut shard);
+    block_on(shard.open_partition(tp(0), LogConfig::default(), 1)).unwrap();
+    block_on(shard.produce(1, 2, &tp(0), batch(&["x"], 0), AckPolicy::All, 1000));
+    let results = run_syncs(&mut flush);
+    block_on(shard.finish_flush(flush, results, 2));
+    assert!(
+        replies(&mut shard).is_empty(),
+        "the old partition's sync acknowledged the new one's append"
+    );
+    block_on(shard.fetch(2, 3, &tp(0), 0, 1 << 20, 0));
+    assert!(values(&replies(&mut shard)[0].1).is_empty());
+    block_on(shard.flush(3));
+    assert_eq!(replies(&mut shard), vec![(2, produced(0, 0))]);
+}
+
+#[test]
+fn a_failed_pipelined_sync_fails_every_waiting_producer_of_its_partition() {
+    let mem = Mem::default();
+    let mut shard = shard_with(&mem, 1);
+    block_on(shard.produce(0, 1, &tp(0), batch(&["a"], 0), AckPolicy::All, 1000));
+    mem.0.borrow()[&tp(0)].fail_syncs(1);
+    let mut flush = block_on(shard.begin_flush(1)).unwrap();
+    block_on(shard.produce(1, 2, &tp(0), batch(&["b"], 0), AckPolicy::All, 1000));
+    let results = run_syncs(&mut flush);
+    block_on(shard.finish_flush(flush, results, 2));
+    let mut r = replies(&mut shard);
+    r.sort_by_key(|(t, _)| *t);
+    assert!(
+        matches!(
+            r[..],
+            [
+                (1, Reply::Failed(EngineError::StorageFailed(_))),
+                (2, Reply::Failed(EngineError::StorageFailed(_)))
+            ]
+        ),
+        "{r:?}"
+    );
+    block_on(shard.produce(3, 3, &tp(0), batch(&["c"], 0), AckPolicy::All, 1000));
+    assert!(
+        matches!(
+            replies(&mut shard)[..],
+            [(3, Reply::Failed(EngineError::StorageFailed(_)))]
+        ),
+        "a poisoned partition refuses later writes"
+    );
+}

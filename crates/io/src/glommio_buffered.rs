@@ -14,13 +14,15 @@
 use std::fmt;
 use std::io;
 use std::path::Path;
+use std::rc::Rc;
 
 use glommio::io::{BufferedFile, OpenOptions};
-use sluice_storage::{LogFile, OpenMode};
+use sluice_storage::{DetachedSync, LogFile, OpenMode};
 
 /// An append-only buffered data file driven by glommio.
 pub struct BufferedLogFile {
-    file: BufferedFile,
+    /// Shared only with detached fdatasyncs in flight (`sync_detached`).
+    file: Rc<BufferedFile>,
     /// Logical length: what reads see and appends extend.
     len: u64,
 }
@@ -77,7 +79,10 @@ impl BufferedLogFile {
         }
         let file = opts.buffered_open(path).await?;
         let len = file.file_size().await?;
-        Ok(Self { file, len })
+        Ok(Self {
+            file: Rc::new(file),
+            len,
+        })
     }
 }
 
@@ -115,6 +120,18 @@ impl LogFile for BufferedLogFile {
     async fn sync(&mut self) -> io::Result<()> {
         self.file.fdatasync().await?;
         Ok(())
+    }
+
+    /// fdatasync on the same open file, through io_uring, holding its own reference:
+    /// appends (`pwrite` on the shard thread) go on while it runs. fdatasync covers
+    /// every write that completed before it was issued, and each append completes
+    /// before `append` returns.
+    fn sync_detached(&self) -> Option<DetachedSync> {
+        let file = Rc::clone(&self.file);
+        Some(Box::pin(async move {
+            file.fdatasync().await?;
+            Ok(())
+        }))
     }
 
     async fn truncate(&mut self, len: u64) -> io::Result<()> {

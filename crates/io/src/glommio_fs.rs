@@ -169,7 +169,7 @@ pub enum GlommioFile {
     /// Page-cache I/O.
     Buffered(BufferedLogFile),
     /// `O_DIRECT` I/O.
-    Direct(DmaLogFile),
+    Direct(Box<DmaLogFile>),
 }
 
 impl LogFile for GlommioFile {
@@ -201,6 +201,15 @@ impl LogFile for GlommioFile {
         }
     }
 
+    /// Buffered files only: a direct file's sync first writes its partial tail block,
+    /// which a later append rewrites, so the two must not overlap.
+    fn sync_detached(&self) -> Option<sluice_storage::DetachedSync> {
+        match self {
+            Self::Buffered(f) => f.sync_detached(),
+            Self::Direct(_) => None,
+        }
+    }
+
     async fn truncate(&mut self, len: u64) -> io::Result<()> {
         match self {
             Self::Buffered(f) => f.truncate(len).await,
@@ -221,7 +230,9 @@ impl Storage for GlommioStorage {
             )),
             DataFileMode::Direct => {
                 self.ensure_probed().await?;
-                Ok(GlommioFile::Direct(DmaLogFile::open(&path, mode).await?))
+                Ok(GlommioFile::Direct(Box::new(
+                    DmaLogFile::open(&path, mode).await?,
+                )))
             }
         }
     }

@@ -2,23 +2,26 @@
 //! cycle over the shard's bounded request queue.
 //!
 //! One cycle:
-//! 1. wait for a request: forever when nothing waits inside the shard (no pending
-//!    acknowledgement or long-poll), otherwise at most until the next tick is due;
-//! 2. take whatever else is queued, up to `cycle_requests_max`;
-//! 3. hand each request to the shard core in queue order (appends and reads are
-//!    awaited one at a time: the core is `&mut`);
-//! 4. if anything was appended, `Shard::flush` once: one fdatasync per dirty
-//!    partition, all issued together, is the group commit for every append of the
-//!    cycle;
+//! 1. wait for a request, or for the group commit in flight to complete: forever when
+//!    nothing waits inside the shard (no pending acknowledgement or long-poll),
+//!    otherwise at most until the next tick is due;
+//! 2. a completed group commit: `Shard::finish_flush` (high watermarks move, producers
+//!    are answered, messages that waited for durability are released);
+//! 3. a request: take whatever else is queued, up to `cycle_requests_max`, and hand
+//!    each to the shard core in queue order (appends and reads are awaited one at a
+//!    time: the core is `&mut`);
+//! 4. if nothing is syncing and anything was appended, `Shard::begin_flush`: one
+//!    fdatasync per dirty partition, all issued together, is the group commit of every
+//!    append since the last one;
 //! 5. `Shard::tick` when `tick_ms` has passed since the last one (ack timeouts and
 //!    long-poll deadlines);
 //! 6. send every reply the core queued to its caller's oneshot.
 //!
-//! While the flush is in flight nothing else on the shard runs; requests arriving
-//! meanwhile queue up and form the next cycle's group. That is the simple form of
-//! group commit: it overlaps nothing with the fsync on the same shard (a pipelined
-//! driver that appends the next group while the previous one syncs would need the
-//! core to track two durable marks per partition).
+//! The group commit is pipelined: while its fdatasyncs run (in io_uring, borrowing
+//! nothing of the shard) the shard goes on taking requests, and their appends form the
+//! next group, synced as soon as the current one completes. At most one group is in
+//! flight, so every partition has at most one fdatasync running, and a sync vouches
+//! only for what was appended before it began (`PartitionLog::begin_sync`).
 //!
 //! The loop ends when the queue is closed and drained. If the engine asked for a
 //! clean stop (`shutdown`), the shard closes every partition (final flush, clean
@@ -31,9 +34,11 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_channel::oneshot;
-use futures_util::future::{select, Either};
+use futures_util::future::{select, Either, LocalBoxFuture};
+use futures_util::FutureExt;
 use sluice_engine::{
-    AckPolicy, EngineError, OffsetQuery, Reply, Shard, ShardConfig, Token, TopicPartition,
+    AckPolicy, EngineError, FlushInFlight, OffsetQuery, Reply, Shard, ShardConfig, Token,
+    TopicPartition,
 };
 use sluice_replica::Message;
 use sluice_storage::{LogConfig, RecoveryReport};
@@ -196,6 +201,15 @@ struct Driver {
     /// `Shard::has_peers`, refreshed when partitions open or go (it decides the wait of
     /// every cycle, so it is not recomputed over all partitions each time).
     has_peers: bool,
+    /// The group commit in flight, if any (module docs).
+    syncing: Option<Syncing>,
+}
+
+/// A group commit in flight: what `Shard::finish_flush` needs, and its fdatasyncs.
+struct Syncing {
+    flush: FlushInFlight,
+    started: Instant,
+    results: LocalBoxFuture<'static, Vec<std::io::Result<()>>>,
 }
 
 impl ShardTask {
@@ -232,6 +246,7 @@ impl ShardTask {
             last_raft_tick: Instant::now(),
             raft_dropped: 0,
             has_peers: false,
+            syncing: None,
         };
 
         let t0 = Instant::now();
@@ -256,6 +271,8 @@ impl ShardTask {
 
         d.run_loop(&rx, cycle_requests_max.max(1), tick_ms.max(1))
             .await;
+        // A group commit still running completes before anything closes.
+        d.finish_syncing().await;
 
         let result = if clean_stop.load(Ordering::SeqCst) {
             let r = d.shard.close(now_ms()).await;
@@ -363,8 +380,9 @@ impl Driver {
         let mut last_tick = Instant::now();
         let mut batch: Vec<Request> = Vec::with_capacity(cycle_max);
         loop {
-            // 1. Wait for work, or for the next tick while something waits on one
-            //    (an idle shard still ticks every HOUSEKEEPING, for retention).
+            // 1. Wait for work, for the group commit in flight, or for the next tick
+            //    while something waits on one (an idle shard still ticks every
+            //    HOUSEKEEPING, for retention).
             let first = {
                 let mut wait = if self.pending.is_empty() {
                     HOUSEKEEPING
@@ -376,17 +394,27 @@ impl Driver {
                 }
                 let recv = std::pin::pin!(rx.recv());
                 let timer = std::pin::pin!(glommio::timer::sleep(wait));
-                match select(recv, timer).await {
-                    Either::Left((r, _)) => r.ok(),
+                let synced = match self.syncing.as_mut() {
+                    Some(s) => Either::Left(&mut s.results),
+                    None => Either::Right(futures_util::future::pending()),
+                };
+                match select(select(recv, synced), timer).await {
+                    Either::Left((Either::Left((r, _)), _)) => r.ok(),
+                    // 2. The group commit completed.
+                    Either::Left((Either::Right((results, _)), _)) => {
+                        self.finish_flush(results).await;
+                        self.begin_flush().await;
+                        self.send_messages();
+                        self.tick_if_due(&mut last_tick, tick).await;
+                        continue;
+                    }
                     // Time for a tick; the queue may still hold nothing.
                     Either::Right(((), _)) => match rx.try_recv() {
                         Ok(req) => Some(req),
                         Err(async_channel::TryRecvError::Empty) => {
                             self.tick_if_due(&mut last_tick, tick).await;
                             self.raft_tick_if_due().await;
-                            if self.shard.has_dirty() {
-                                self.flush().await;
-                            }
+                            self.begin_flush().await;
                             self.send_messages();
                             continue;
                         }
@@ -420,24 +448,62 @@ impl Driver {
             self.send_messages();
             // Raft ticks at their own cadence (heartbeats, elections).
             self.raft_tick_if_due().await;
-            // 4. The group commit.
-            if self.shard.has_dirty() {
-                self.flush().await;
-            }
-            // Messages go out after the flush: those that had to wait for durability
-            // (a follower's append acknowledgement, a vote) are released by it.
+            // 4. The group commit, unless one is in flight (this cycle's appends then
+            //    join the next).
+            self.begin_flush().await;
+            // Messages that had to wait for durability (a follower's append
+            // acknowledgement, a vote) go out once a group commit releases them.
             self.send_messages();
             // 5. Deadlines.
             self.tick_if_due(&mut last_tick, tick).await;
         }
     }
 
-    async fn flush(&mut self) {
-        let t = Instant::now();
-        self.shard.flush(now_ms()).await;
-        let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.flush_latency.record(us);
+    /// Starts a group commit when none is in flight and anything is dirty. Syncs that
+    /// cannot run detached (direct files) are done inside `begin_flush`, and their
+    /// replies delivered here.
+    async fn begin_flush(&mut self) {
+        if self.syncing.is_some() || !self.shard.has_dirty() {
+            return;
+        }
+        let started = Instant::now();
+        let flush = self.shard.begin_flush(now_ms()).await;
         self.deliver();
+        match flush {
+            Some(mut flush) => {
+                let syncs = std::mem::take(&mut flush.syncs);
+                self.syncing = Some(Syncing {
+                    flush,
+                    started,
+                    results: futures_util::future::join_all(syncs).boxed_local(),
+                });
+            }
+            None => self.record_flush(started),
+        }
+    }
+
+    /// Completes the group commit in flight with its results.
+    async fn finish_flush(&mut self, results: Vec<std::io::Result<()>>) {
+        let Some(Syncing { flush, started, .. }) = self.syncing.take() else {
+            return;
+        };
+        self.shard.finish_flush(flush, results, now_ms()).await;
+        self.record_flush(started);
+        self.deliver();
+    }
+
+    /// Waits for the group commit in flight, if any, and completes it.
+    async fn finish_syncing(&mut self) {
+        if let Some(s) = self.syncing.as_mut() {
+            let results = (&mut s.results).await;
+            self.finish_flush(results).await;
+            self.send_messages();
+        }
+    }
+
+    fn record_flush(&mut self, started: Instant) {
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.flush_latency.record(us);
     }
 
     /// Deadline checks (and, inside `Shard::tick`, retention) once `tick` passed.

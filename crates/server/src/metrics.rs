@@ -198,7 +198,7 @@ impl Collector for Snapshot {
         histogram_family(
             &mut enc,
             "sluice_fsync_duration_seconds",
-            "Group-commit flushes per shard: the fdatasyncs of every partition appended to in a cycle, issued together.",
+            "Group-commit flushes per shard: the fdatasyncs of every partition appended to since the last one, issued together (appends go on meanwhile).",
             &LATENCY_BOUNDS_US,
             &shards
                 .iter()

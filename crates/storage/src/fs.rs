@@ -16,7 +16,12 @@
 //! The futures are not required to be `Send`: the engine runs one log per glommio
 //! shard thread, and tests drive them with a trivial executor.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
+
+/// An fdatasync that runs on its own, borrowing nothing: see [`LogFile::sync_detached`].
+pub type DetachedSync = Pin<Box<dyn Future<Output = io::Result<()>>>>;
 
 /// How [`Storage::open`] treats a missing or existing file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +70,14 @@ pub trait LogFile {
     async fn append(&mut self, data: &[u8]) -> io::Result<()>;
     /// fdatasync: every byte appended so far becomes durable.
     async fn sync(&mut self) -> io::Result<()>;
+    /// An fdatasync of this file that holds no borrow of it, so the caller may go on
+    /// appending while it runs (a pipelined group commit). When it completes without
+    /// error, every byte appended **before this call** is durable; bytes appended while
+    /// it runs may or may not be. `None`: this backend cannot sync apart from its handle
+    /// (the caller uses [`LogFile::sync`]).
+    fn sync_detached(&self) -> Option<DetachedSync> {
+        None
+    }
     /// Cuts the file to `len` bytes (not yet durable: follow with `sync`).
     async fn truncate(&mut self, len: u64) -> io::Result<()>;
 }

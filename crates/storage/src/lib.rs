@@ -51,7 +51,7 @@ mod segment;
 
 pub use crate::log::{
     Appended, Batches, LogConfig, LogError, LogStats, PartitionLog, RecoveryReport, Retained,
-    CLEAN_SHUTDOWN_FILE, LOG_START_FILE,
+    SyncStart, SyncTicket, CLEAN_SHUTDOWN_FILE, LOG_START_FILE,
 };
-pub use fs::{IndexFile, LogFile, OpenMode, Storage};
+pub use fs::{DetachedSync, IndexFile, LogFile, OpenMode, Storage};
 pub use memfs::{CrashModel, MemFs, Op};

@@ -1,7 +1,8 @@
 //! The partition log: an ordered list of segments, the last one active.
 //!
 //! Call order: [`PartitionLog::open`] (recovers), then any mix of `append`, `read*`,
-//! `offset_for_timestamp`, `sync`, `apply_retention`, `truncate_suffix`,
+//! `offset_for_timestamp`, `sync` (or `begin_sync` … `finish_sync`, which lets appends
+//! go on while the fdatasync runs), `apply_retention`, `truncate_suffix`,
 //! `truncate_prefix`; finally [`PartitionLog::close`] for a clean stop (or just drop
 //! it: the next open treats that as a crash). Time comes in as `now_ms` arguments.
 //!
@@ -14,11 +15,12 @@
 //! - after a failed fsync the log is poisoned: every later write is refused.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sluice_proto::{set_base_offset, BatchError, BatchHeader, BatchView, Limits};
 use thiserror::Error;
 
-use crate::fs::{IndexFile, LogFile, OpenMode, Storage};
+use crate::fs::{DetachedSync, IndexFile, LogFile, OpenMode, Storage};
 use crate::index::{Entry, OffsetEntry, OffsetIndex, SparseIndex, TimeEntry, TimeIndex};
 use crate::segment::{names, parse_log_name, Cursor, Found, ScanStop, Segment};
 
@@ -184,6 +186,50 @@ pub struct LogStats {
     pub segments_deleted: u64,
 }
 
+/// A sync begun by [`PartitionLog::begin_sync`]: what its fdatasync makes durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncTicket {
+    /// `next_offset` when the sync began: every offset below it was appended before.
+    target: u64,
+    /// Which log (unique in the process) and which of its truncation generations.
+    log_id: u64,
+    generation: u64,
+}
+
+impl SyncTicket {
+    /// The durable end the sync reaches when it completes.
+    pub fn target(&self) -> u64 {
+        self.target
+    }
+}
+
+/// How a sync begins ([`PartitionLog::begin_sync`]).
+pub enum SyncStart {
+    /// Every append is already durable: nothing to do.
+    Durable,
+    /// The backend cannot sync apart from its file handle: call [`PartitionLog::sync`].
+    Inline,
+    /// Run the future (appends may go on meanwhile), then hand its result and the
+    /// ticket to [`PartitionLog::finish_sync`].
+    Detached(SyncTicket, DetachedSync),
+}
+
+impl std::fmt::Debug for SyncStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Durable => f.write_str("Durable"),
+            Self::Inline => f.write_str("Inline"),
+            Self::Detached(t, _) => f.debug_tuple("Detached").field(t).finish(),
+        }
+    }
+}
+
+/// Process-unique log identities, so a ticket never lands on another log.
+fn next_log_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// A partition's append-only segment log over a [`Storage`].
 #[derive(Debug)]
 pub struct PartitionLog<S: Storage> {
@@ -195,6 +241,10 @@ pub struct PartitionLog<S: Storage> {
     durable_end: u64,
     poisoned: Option<String>,
     stats: LogStats,
+    /// See [`SyncTicket`]: `generation` moves whenever offsets below `next_offset` are
+    /// cut or replaced, so a sync begun before cannot vouch for what replaced them.
+    log_id: u64,
+    generation: u64,
 }
 
 impl<S: Storage> PartitionLog<S> {
@@ -274,6 +324,8 @@ impl<S: Storage> PartitionLog<S> {
             durable_end: 0,
             poisoned: None,
             stats: LogStats::default(),
+            log_id: next_log_id(),
+            generation: 0,
         };
         if log.log_start > log.next_offset() {
             // The checkpoint is past everything stored: start empty there.
@@ -435,6 +487,59 @@ impl<S: Storage> PartitionLog<S> {
         }
         self.durable_end = self.durable_end.max(target);
         Ok(self.durable_end)
+    }
+
+    /// Begins a sync that lets appends go on while its fdatasync runs (a pipelined
+    /// group commit): see [`SyncStart`]. When the future completes, call
+    /// [`PartitionLog::finish_sync`]; only then is anything called durable, and only
+    /// what was appended before this call.
+    pub fn begin_sync(&mut self) -> Result<SyncStart, LogError> {
+        self.check_writable()?;
+        let target = self.next_offset();
+        if self.durable_end >= target {
+            return Ok(SyncStart::Durable);
+        }
+        Ok(match self.active().file.sync_detached() {
+            Some(sync) => SyncStart::Detached(
+                SyncTicket {
+                    target,
+                    log_id: self.log_id,
+                    generation: self.generation,
+                },
+                sync,
+            ),
+            None => SyncStart::Inline,
+        })
+    }
+
+    /// Whether `ticket` was issued by this log (not by another one, of a partition of
+    /// the same name deleted since).
+    pub fn owns(&self, ticket: &SyncTicket) -> bool {
+        ticket.log_id == self.log_id
+    }
+
+    /// Completes a sync from [`PartitionLog::begin_sync`] with its fdatasync's result:
+    /// the new durable end, or `None` when the ticket vouches for nothing here (another
+    /// log's, or this log cut or replaced offsets below its target since). A failed
+    /// fdatasync poisons the log, as in [`PartitionLog::sync`].
+    pub fn finish_sync(
+        &mut self,
+        ticket: SyncTicket,
+        result: io::Result<()>,
+    ) -> Result<Option<u64>, LogError> {
+        if ticket.log_id != self.log_id {
+            return Ok(None);
+        }
+        if let Err(e) = result {
+            return Err(self.poison("fsync", e));
+        }
+        self.check_writable()?;
+        if ticket.generation != self.generation {
+            return Ok(None);
+        }
+        self.stats.syncs += 1;
+        self.durable_end = self.durable_end.max(ticket.target.min(self.next_offset()));
+        Ok(Some(self.durable_end))
     }
 
     async fn sync_active_and_dir(&mut self, dir: bool) -> Result<(), LogError> {
@@ -715,6 +820,8 @@ impl<S: Storage> PartitionLog<S> {
                 end: self.next_offset(),
             });
         }
+        // A sync begun before vouches for none of what replaces the cut.
+        self.generation += 1;
         // Drop whole later segments, newest first, and make that durable before
         // cutting the survivor: a crash must never bring back segments beyond a cut
         // (and shorter) one.
@@ -808,6 +915,7 @@ impl<S: Storage> PartitionLog<S> {
     /// Replaces every segment with one empty segment at `offset`.
     async fn reset_to(&mut self, offset: u64) -> Result<(), LogError> {
         let seg = create_segment(&self.storage, &self.config, offset).await?;
+        self.generation += 1;
         let old = std::mem::replace(&mut self.segments, vec![seg]);
         for s in old.iter().rev() {
             for name in names(s.base) {

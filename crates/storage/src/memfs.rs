@@ -650,6 +650,13 @@ impl LogFile for MemFile {
         self.fs.sync_inode(self.ino, &self.name)
     }
 
+    /// Syncs the inode when polled: what it holds then, which is at least what was
+    /// appended before this call (the contract allows covering more).
+    fn sync_detached(&self) -> Option<crate::fs::DetachedSync> {
+        let (fs, ino, name) = (self.fs.clone(), self.ino, self.name.clone());
+        Some(Box::pin(async move { fs.sync_inode(ino, &name) }))
+    }
+
     async fn truncate(&mut self, len: u64) -> io::Result<()> {
         self.fs.set_len_inode(self.ino, &self.name, len)?;
         self.len = len;

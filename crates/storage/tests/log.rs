@@ -3,7 +3,7 @@
 use pollster::block_on;
 use proptest::prelude::*;
 use sluice_proto::{batches, BatchBuilder, BatchView, Limits};
-use sluice_storage::{CrashModel, LogConfig, LogError, MemFs, PartitionLog};
+use sluice_storage::{CrashModel, LogConfig, LogError, MemFs, PartitionLog, SyncStart, SyncTicket};
 
 fn config() -> LogConfig {
     LogConfig {
@@ -409,4 +409,97 @@ fn sidecar_files_are_replaced_atomically_and_survive_a_crash() {
         block_on(log.read_sidecar("raft.state")).unwrap().as_deref(),
         Some(&b"second"[..])
     );
+}
+
+/// Begins a detached sync, which must be available on `MemFs`.
+fn begin(log: &mut PartitionLog<MemFs>) -> (SyncTicket, sluice_storage::DetachedSync) {
+    match log.begin_sync().unwrap() {
+        SyncStart::Detached(ticket, sync) => (ticket, sync),
+        other => panic!("expected a detached sync, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_detached_sync_vouches_only_for_appends_made_before_it_began() {
+    let fs = MemFs::new();
+    let mut log = open(&fs);
+    for tag in 0..10 {
+        block_on(log.append(&mut batch(tag, 2, 50, 0), 0)).unwrap();
+    }
+    let (ticket, sync) = begin(&mut log);
+    assert_eq!(ticket.target(), 20);
+    // Appends go on while the fdatasync runs.
+    for tag in 10..15 {
+        block_on(log.append(&mut batch(tag, 2, 50, 0), 0)).unwrap();
+    }
+    let result = block_on(sync);
+    assert_eq!(log.finish_sync(ticket, result).unwrap(), Some(20));
+    assert_eq!(
+        log.durable_offset(),
+        Some(19),
+        "the later appends are not claimed"
+    );
+    let (ticket, sync) = begin(&mut log);
+    assert_eq!(ticket.target(), 30);
+    let result = block_on(sync);
+    assert_eq!(log.finish_sync(ticket, result).unwrap(), Some(30));
+    assert!(matches!(log.begin_sync().unwrap(), SyncStart::Durable));
+}
+
+#[test]
+fn a_detached_sync_begun_before_a_cut_vouches_for_nothing_after_it() {
+    let fs = MemFs::new();
+    let mut log = open(&fs);
+    for tag in 0..10 {
+        block_on(log.append(&mut batch(tag, 2, 50, 0), 0)).unwrap();
+    }
+    let (ticket, sync) = begin(&mut log);
+    // A Raft follower cuts a conflicting suffix and appends other batches there.
+    assert_eq!(block_on(log.truncate_suffix(10)).unwrap(), 10);
+    for tag in 100..105 {
+        block_on(log.append(&mut batch(tag, 2, 50, 0), 0)).unwrap();
+    }
+    assert_eq!(log.next_offset(), 20);
+    let result = block_on(sync);
+    assert_eq!(log.finish_sync(ticket, result).unwrap(), None);
+    assert!(
+        log.durable_end() <= 10,
+        "offsets 10..20 were replaced after the sync began: {}",
+        log.durable_end()
+    );
+    let (ticket, sync) = begin(&mut log);
+    let result = block_on(sync);
+    assert_eq!(log.finish_sync(ticket, result).unwrap(), Some(20));
+}
+
+#[test]
+fn a_failed_detached_sync_poisons_the_log() {
+    let fs = MemFs::new();
+    let mut log = open(&fs);
+    block_on(log.append(&mut batch(1, 2, 50, 0), 0)).unwrap();
+    fs.fail_syncs(1);
+    let (ticket, sync) = begin(&mut log);
+    let result = block_on(sync);
+    assert!(result.is_err());
+    assert!(matches!(
+        log.finish_sync(ticket, result),
+        Err(LogError::Poisoned { .. })
+    ));
+    assert_eq!(log.durable_offset(), None);
+    assert!(block_on(log.append(&mut batch(2, 2, 50, 0), 0)).is_err());
+}
+
+#[test]
+fn a_ticket_from_another_log_is_not_owned_and_claims_nothing() {
+    let (fs_a, fs_b) = (MemFs::new(), MemFs::new());
+    let (mut a, mut b) = (open(&fs_a), open(&fs_b));
+    for log in [&mut a, &mut b] {
+        block_on(log.append(&mut batch(1, 2, 50, 0), 0)).unwrap();
+    }
+    let (ticket, sync) = begin(&mut a);
+    assert!(a.owns(&ticket));
+    assert!(!b.owns(&ticket));
+    let result = block_on(sync);
+    assert_eq!(b.finish_sync(ticket, result).unwrap(), None);
+    assert_eq!(b.durable_offset(), None);
 }
