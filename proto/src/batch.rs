@@ -833,9 +833,20 @@ fn put_nullable(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
 
 impl BatchBuilder {
     pub fn new(limits: Limits) -> Self {
+        Self::with_capacity(limits, 0)
+    }
+
+    /// Like [`BatchBuilder::new`], with room for about `bytes` of encoded batch before
+    /// its buffer grows (a producer that knows its batches' usual size skips the
+    /// reallocations, each a copy of everything pushed so far). At most the batch
+    /// limit is reserved.
+    pub fn with_capacity(limits: Limits, bytes: usize) -> Self {
+        let max = usize::try_from(limits.batch_bytes_max).unwrap_or(usize::MAX);
+        let mut buf = Vec::with_capacity(bytes.clamp(HEADER_LEN, max.max(HEADER_LEN)));
+        buf.resize(HEADER_LEN, 0);
         BatchBuilder {
             limits,
-            buf: vec![0; HEADER_LEN],
+            buf,
             record_count: 0,
             timestamps: None,
             producer_id: NO_PRODUCER_ID,

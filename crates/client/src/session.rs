@@ -337,6 +337,9 @@ pub struct Accumulator<T> {
     buffered_bytes: usize,
     /// Set for an idempotent producer: every batch is stamped when sealed.
     sequences: Option<Sequences>,
+    /// Per partition: the encoded size and record count of its last sealed batch, the
+    /// capacity its next one starts with (no reallocation while it fills alike).
+    last_sealed: BTreeMap<u32, (usize, usize)>,
 }
 
 impl<T> Accumulator<T> {
@@ -348,6 +351,7 @@ impl<T> Accumulator<T> {
             sealed: VecDeque::new(),
             buffered_bytes: 0,
             sequences: None,
+            last_sealed: BTreeMap::new(),
         }
     }
 
@@ -468,12 +472,18 @@ impl<T> Accumulator<T> {
     fn open_batch(&mut self, partition: u32, now_ms: i64) -> &mut OpenBatch<T> {
         let limits = self.config.limits;
         let buffered = &mut self.buffered_bytes;
+        // An eighth more than the last batch: a batch the same size does not grow.
+        let (bytes, records) = self
+            .last_sealed
+            .get(&partition)
+            .map_or((0, 0), |&(b, r)| (b + b / 8, r + r / 8));
         self.open.entry(partition).or_insert_with(|| {
-            let builder = BatchBuilder::new(limits);
+            let builder =
+                BatchBuilder::with_capacity(limits, bytes.min(self.config.batch_bytes_max));
             *buffered += builder.encoded_len();
             OpenBatch {
                 builder,
-                records: Vec::new(),
+                records: Vec::with_capacity(records),
                 opened_ms: now_ms,
             }
         })
@@ -510,6 +520,8 @@ impl<T> Accumulator<T> {
             Ok(bytes) => {
                 // Pair assertion with `open_batch`/`push`: what was counted is what goes.
                 assert_eq!(bytes.len(), held, "client: batch size accounting");
+                self.last_sealed
+                    .insert(partition, (bytes.len(), open.records.len()));
                 self.sealed.push_back(ReadyBatch {
                     partition,
                     bytes,

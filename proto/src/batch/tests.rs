@@ -843,3 +843,20 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_builder_with_capacity_encodes_what_a_plain_one_does() {
+    let value = vec![7u8; 300];
+    for capacity in [0, 1, HEADER_LEN, 500, 4096, usize::MAX] {
+        let mut plain = BatchBuilder::new(LIMITS);
+        let mut reserved = BatchBuilder::with_capacity(LIMITS, capacity);
+        assert_eq!(reserved.encoded_len(), HEADER_LEN, "capacity {capacity}");
+        for i in 0..10 {
+            plain.push(1000 + i, Some(b"k"), Some(&value), &[]).unwrap();
+            reserved
+                .push(1000 + i, Some(b"k"), Some(&value), &[])
+                .unwrap();
+        }
+        assert_eq!(plain.finish().unwrap(), reserved.finish().unwrap());
+    }
+}
