@@ -39,6 +39,10 @@ pub struct Args {
     /// Idempotent producers: retried indeterminate outcomes must not duplicate.
     #[arg(long)]
     pub idempotent: bool,
+    /// Half the flushes are pipelined, as the engine's shard driver runs them
+    /// (`begin_sync`, appends go on for 0-3 ms, `finish_sync`).
+    #[arg(long)]
+    pub pipelined: bool,
     /// No faults at all (options below still add the ones they name).
     #[arg(long)]
     pub no_faults: bool,
@@ -125,6 +129,7 @@ impl Args {
             latency_max_ms: self.latency_max_ms,
             retain_offsets: self.retain_offsets,
             idempotent: self.idempotent,
+            pipelined: self.pipelined,
             faults: f,
         }
     }

@@ -101,6 +101,11 @@ pub struct SimConfig {
     /// (`ReplicatedPartition::check_sequence`), and indeterminate outcomes (a timeout, a
     /// lost leadership) are retried, which must never duplicate a value.
     pub idempotent: bool,
+    /// Half the flushes are pipelined, as the engine's shard driver runs them: the
+    /// fdatasync begins (`ReplicatedPartition::begin_sync`), the node goes on taking
+    /// messages and appending for 0-3 ms, then it completes (`finish_sync`). Off by
+    /// default: it changes every seed's schedule, and the CI seed set is pinned.
+    pub pipelined: bool,
     pub faults: FaultMix,
 }
 
@@ -117,6 +122,7 @@ impl SimConfig {
             latency_max_ms: 5,
             retain_offsets: 400,
             idempotent: false,
+            pipelined: false,
             faults: FaultMix::DEFAULT,
         }
     }
@@ -129,7 +135,7 @@ impl SimConfig {
             "--seed {} --nodes {} --ticks {} --quiesce-ticks {} --producers {} --consumers {} \
              --latency-max-ms {} --retain-offsets {} --drop {} --dup {} --reorder {} --delay {} \
              --partitions {} --crashes {} --power-losses {} --fsync-errors {} --write-errors {} \
-             --clock-jumps {} --disk-stalls {}{}",
+             --clock-jumps {} --disk-stalls {}{}{}",
             self.seed,
             self.nodes,
             self.ticks,
@@ -149,7 +155,8 @@ impl SimConfig {
             f.write_errors,
             f.clock_jumps,
             f.disk_stalls,
-            if self.idempotent { " --idempotent" } else { "" }
+            if self.idempotent { " --idempotent" } else { "" },
+            if self.pipelined { " --pipelined" } else { "" }
         )
     }
 

@@ -24,11 +24,11 @@ use rand::{Rng, SeedableRng};
 use sluice_client::session::{
     Accumulator, BatchConfig, Outcome, ReadyBatch, RecordRef, RetryPolicy,
 };
-use sluice_engine::{EngineError, ReplicatedPartition, StepError};
+use sluice_engine::{EngineError, PendingSync, ReplicatedPartition, StepError};
 use sluice_proto::wire::WriteOutcome;
 use sluice_proto::{batches, BatchHeader, Limits};
 use sluice_replica::{Acks, Message, Produced, ProposeError, ReplicaConfig, ReplyError};
-use sluice_storage::{CrashModel, LogConfig, MemFs};
+use sluice_storage::{CrashModel, DetachedSync, LogConfig, MemFs};
 
 use crate::check::{Checker, Violation};
 use crate::config::{SimConfig, TICK_MS};
@@ -69,6 +69,11 @@ enum Event {
         inc: u64,
     },
     Flush {
+        node: usize,
+        inc: u64,
+    },
+    /// A pipelined flush's fdatasync completes (`ReplicatedPartition::finish_sync`).
+    Synced {
         node: usize,
         inc: u64,
     },
@@ -233,6 +238,17 @@ impl fmt::Display for Failure {
     }
 }
 
+/// A pipelined flush in flight: what `finish_sync` needs, and the fdatasync.
+struct Syncing(PendingSync, DetachedSync);
+
+impl fmt::Debug for Syncing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Syncing")
+            .field(&self.0)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One node: its disk, its partition (when running), what it owes producers.
 #[derive(Debug)]
 struct Node {
@@ -243,6 +259,9 @@ struct Node {
     /// Bumped at every crash: events for an older incarnation are void.
     inc: u64,
     flush_scheduled: bool,
+    /// A pipelined flush whose fdatasync runs: the partition takes messages and
+    /// appends meanwhile, and no other flush begins until it completes.
+    syncing: Option<Syncing>,
     /// Ticks are held back until then (a clock stall), then run bunched.
     paused_until: u64,
     missed_ticks: u32,
@@ -401,6 +420,7 @@ impl<'t> Sim<'t> {
                     part: None,
                     inc: 0,
                     flush_scheduled: false,
+                    syncing: None,
                     paused_until: 0,
                     missed_ticks: 0,
                     disk_stall_until: 0,
@@ -628,6 +648,7 @@ impl<'t> Sim<'t> {
         node.flags.truncated.set(true);
         node.part = Some(part);
         node.flush_scheduled = false;
+        node.syncing = None;
         node.missed_ticks = 0;
         let inc = node.inc;
         self.trace(|| {
@@ -660,6 +681,7 @@ impl<'t> Sim<'t> {
         node.inc += 1;
         node.tokens.clear();
         node.flush_scheduled = false;
+        node.syncing = None;
         node.shadow.clear();
         let inc = node.inc;
         self.trace(|| format!("n{} CRASH ({why}), disk keeps {model:?}", i + 1));
@@ -713,7 +735,7 @@ impl<'t> Sim<'t> {
             let at = self.now + self.client_latency();
             self.queue.push(at, Event::Reply { p, attempt, answer });
         }
-        if dirty && !self.nodes[i].flush_scheduled {
+        if dirty && !self.nodes[i].flush_scheduled && self.nodes[i].syncing.is_none() {
             let at = (self.now + self.rng.random_range(1..=2)).max(self.nodes[i].disk_stall_until);
             let node = &mut self.nodes[i];
             node.flush_scheduled = true;
@@ -777,6 +799,7 @@ impl<'t> Sim<'t> {
             Event::Tick { node, inc } => self.on_tick(node, inc),
             Event::Deliver { msg, inc } => self.on_deliver(msg, inc),
             Event::Flush { node, inc } => self.on_flush(node, inc),
+            Event::Synced { node, inc } => self.on_synced(node, inc),
             Event::Produce { p } => self.on_produce(p),
             Event::Request {
                 p,
@@ -863,12 +886,51 @@ impl<'t> Sim<'t> {
             return Ok(());
         }
         self.nodes[i].flush_scheduled = false;
-        self.trace(|| format!("n{} sync", i + 1));
         let now = self.now as i64;
+        // With `pipelined`, half the flushes run as the engine's driver runs them: the
+        // fdatasync completes 0-3 ms later, while messages and appends go on.
+        let pipelined = self.cfg.pipelined && self.rng.random_bool(0.5);
+        self.trace(|| format!("n{} sync{}", i + 1, if pipelined { " begins" } else { "" }));
         let Some(part) = self.nodes[i].part.as_mut() else {
             return Ok(());
         };
-        let err = block_on(part.sync(now)).err().map(|e| e.to_string());
+        if !pipelined {
+            let err = block_on(part.sync(now)).err().map(|e| e.to_string());
+            return self.after_call(i, err);
+        }
+        match block_on(part.begin_sync(now)) {
+            Ok(Some((pending, sync))) => {
+                let at = self.now + self.rng.random_range(0..=3);
+                self.nodes[i].syncing = Some(Syncing(pending, sync));
+                self.queue.push(at, Event::Synced { node: i, inc });
+                self.after_call(i, None)
+            }
+            Ok(None) => self.after_call(i, None),
+            Err(e) => self.after_call(i, Some(e.to_string())),
+        }
+    }
+
+    fn on_synced(&mut self, i: usize, inc: u64) -> Result<(), Violation> {
+        if !self.live(i, inc) {
+            return Ok(());
+        }
+        let stall = self.nodes[i].disk_stall_until;
+        if stall > self.now {
+            self.queue.push(stall, Event::Synced { node: i, inc });
+            return Ok(());
+        }
+        let Some(Syncing(pending, sync)) = self.nodes[i].syncing.take() else {
+            return Ok(());
+        };
+        self.trace(|| format!("n{} sync completes", i + 1));
+        let now = self.now as i64;
+        let result = block_on(sync);
+        let Some(part) = self.nodes[i].part.as_mut() else {
+            return Ok(());
+        };
+        let err = block_on(part.finish_sync(pending, result, now))
+            .err()
+            .map(|e| e.to_string());
         self.after_call(i, err)
     }
 

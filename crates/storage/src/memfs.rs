@@ -89,6 +89,8 @@ struct Inode {
     current: Vec<u8>,
     durable: Vec<u8>,
     pending: Vec<Pending>,
+    /// Changes ever made: `pending` holds the last `pending.len()` of them.
+    changes: u64,
 }
 
 impl Inode {
@@ -105,16 +107,30 @@ impl Inode {
             pos,
             data: data.to_vec(),
         });
+        self.changes += 1;
     }
 
     fn set_len(&mut self, len: u64) {
         self.current.resize(to_usize(len), 0);
         self.pending.push(Pending::SetLen(len));
+        self.changes += 1;
     }
 
     fn sync(&mut self) {
         self.durable.clone_from(&self.current);
         self.pending.clear();
+    }
+
+    /// Makes durable the changes made before the `upto`-th, in order, and no later one
+    /// (a detached fdatasync issued then; later writes are not promised).
+    fn sync_upto(&mut self, upto: u64) {
+        let first = self.changes - self.pending.len() as u64;
+        let n = usize::try_from(upto.saturating_sub(first))
+            .unwrap_or(usize::MAX)
+            .min(self.pending.len());
+        for change in self.pending.drain(..n) {
+            Self::apply(&mut self.durable, &change);
+        }
     }
 
     /// The bytes that survive a crash under `model`.
@@ -388,6 +404,7 @@ impl MemFs {
                     current: bytes.clone(),
                     durable: bytes,
                     pending: Vec::new(),
+                    changes: 0,
                 },
             );
         }
@@ -490,6 +507,30 @@ impl MemFs {
                     return Err(io::Error::other("injected EIO on fsync"));
                 }
                 s.inode(ino)?.sync();
+                Ok(())
+            },
+        )
+    }
+
+    /// The changes made to `ino` so far (for a detached sync begun now).
+    fn changes(&self, ino: u64) -> io::Result<u64> {
+        Ok(self.state.borrow_mut().inode(ino)?.changes)
+    }
+
+    /// A sync of the changes made to `ino` before its `upto`-th (a detached fdatasync
+    /// begun then, completing now): faults as `sync_inode`.
+    fn sync_inode_upto(&self, ino: u64, name: &str, upto: u64) -> io::Result<()> {
+        self.mutate(
+            |_| Op::Sync {
+                name: name.to_string(),
+            },
+            |s| {
+                if s.take_sync_fault() {
+                    let inode = s.inode(ino)?;
+                    inode.pending.clear();
+                    return Err(io::Error::other("injected EIO on fsync"));
+                }
+                s.inode(ino)?.sync_upto(upto);
                 Ok(())
             },
         )
@@ -650,11 +691,15 @@ impl LogFile for MemFile {
         self.fs.sync_inode(self.ino, &self.name)
     }
 
-    /// Syncs the inode when polled: what it holds then, which is at least what was
-    /// appended before this call (the contract allows covering more).
+    /// Makes durable, when polled, exactly the changes made before this call: the
+    /// least the contract promises, so a caller that claims more than it may is caught
+    /// by a crash.
     fn sync_detached(&self) -> Option<crate::fs::DetachedSync> {
         let (fs, ino, name) = (self.fs.clone(), self.ino, self.name.clone());
-        Some(Box::pin(async move { fs.sync_inode(ino, &name) }))
+        let upto = fs.changes(ino);
+        Some(Box::pin(
+            async move { fs.sync_inode_upto(ino, &name, upto?) },
+        ))
     }
 
     async fn truncate(&mut self, len: u64) -> io::Result<()> {

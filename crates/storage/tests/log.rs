@@ -439,6 +439,10 @@ fn a_detached_sync_vouches_only_for_appends_made_before_it_began() {
         Some(19),
         "the later appends are not claimed"
     );
+    // The disk keeps exactly what the sync vouched for.
+    let crashed = fs.crash(CrashModel::LoseUnsynced, &mut rng());
+    let (after, _) = block_on(PartitionLog::open(crashed, config(), 0)).unwrap();
+    assert_eq!(after.next_offset(), 20);
     let (ticket, sync) = begin(&mut log);
     assert_eq!(ticket.target(), 30);
     let result = block_on(sync);
