@@ -311,6 +311,7 @@ impl<P: StorageProvider> Shard<P> {
             term: status.term,
             is_leader: status.is_leader,
             leader: status.leader,
+            first_commit_heard: p.rp.replica().first_commit_heard(),
         })
     }
 
@@ -367,18 +368,22 @@ impl<P: StorageProvider> Shard<P> {
         now_ms: i64,
     ) -> Result<RecoveryReport, EngineError> {
         let node = self.config.node_id;
-        self.open_replicated(tp, config, vec![node], now_ms).await
+        self.open_replicated(tp, config, vec![node], false, now_ms)
+            .await
     }
 
     /// Opens (recovering) or creates the partition `tp` as a replica in the Raft group
     /// of `voters` (node ids, this node's among them; used when the partition has no
     /// `raft.state` yet). A group of one elects itself at once; a larger one elects a
     /// leader through [`Shard::tick`], [`Shard::step`] and [`Shard::take_messages`].
+    /// `new_group`: the group is created now on every voter (`ReplicaConfig::new_group`:
+    /// no vote guard without `raft.state`).
     pub async fn open_replicated(
         &mut self,
         tp: TopicPartition,
         config: LogConfig,
         voters: Vec<u64>,
+        new_group: bool,
         now_ms: i64,
     ) -> Result<RecoveryReport, EngineError> {
         if self.partitions.contains_key(&tp) {
@@ -398,6 +403,7 @@ impl<P: StorageProvider> Shard<P> {
         let preferred = voters.first().copied();
         let mut replica = ReplicaConfig::new(node, voters);
         replica.limits = config.limits;
+        replica.new_group = new_group;
         replica.seed =
             node ^ u64::from(tp.partition).rotate_left(32) ^ crate::fnv1a(tp.topic.as_bytes());
         let (mut rp, report) = ReplicatedPartition::open(storage, config, replica, now_ms).await?;
@@ -960,6 +966,9 @@ pub struct PartitionStats {
     pub is_leader: bool,
     /// The group's leader as this replica knows it.
     pub leader: Option<u64>,
+    /// `Replica::first_commit_heard`: for a replica that started without state, the
+    /// commit index of the first leader it heard.
+    pub first_commit_heard: Option<u64>,
 }
 
 /// Reads committed batches from `offset` (never past the high watermark).

@@ -309,7 +309,8 @@ impl Nodes {
                 ..ShardConfig::default()
             };
             let mut shard = Shard::new(Mem::default(), config);
-            block_on(shard.open_replicated(tp(), LogConfig::default(), vec![1, 2, 3], 0)).unwrap();
+            block_on(shard.open_replicated(tp(), LogConfig::default(), vec![1, 2, 3], false, 0))
+                .unwrap();
             shards.insert(node, shard);
         }
         Nodes {

@@ -344,8 +344,14 @@ impl Nodes {
             };
             let mut shard = Shard::new(Mem::default(), config);
             for p in 0..partitions {
-                block_on(shard.open_replicated(tp(p), LogConfig::default(), vec![1, 2, 3], 0))
-                    .unwrap();
+                block_on(shard.open_replicated(
+                    tp(p),
+                    LogConfig::default(),
+                    vec![1, 2, 3],
+                    false,
+                    0,
+                ))
+                .unwrap();
             }
             shards.insert(node, shard);
         }

@@ -99,6 +99,8 @@ pub(crate) struct OpenSpec {
     pub log: LogConfig,
     pub voters: Vec<u64>,
     pub campaign: bool,
+    /// `ReplicaConfig::new_group`: a group created now on every voter.
+    pub new_group: bool,
 }
 
 /// Where a shard sends its Raft messages: `(destination node, frame)`, the frame
@@ -301,11 +303,12 @@ impl Driver {
             log,
             voters,
             campaign,
+            new_group,
         } = spec;
         let single = voters.len() == 1;
         let r = self
             .shard
-            .open_replicated(tp.clone(), log, voters, now_ms())
+            .open_replicated(tp.clone(), log, voters, new_group, now_ms())
             .await;
         if r.is_ok() {
             if campaign && !single {
@@ -664,6 +667,7 @@ impl Driver {
                 segments: log.segments,
                 raft_term: log.term,
                 is_leader: log.is_leader,
+                first_commit_heard: log.first_commit_heard,
                 produce_requests: c.produce_requests,
                 produce_bytes: c.produce_bytes,
                 fetch_requests: c.fetch_requests,

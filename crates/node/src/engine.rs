@@ -269,6 +269,22 @@ impl fmt::Debug for Inner {
     }
 }
 
+/// A replica for [`EngineHandle::open_replicas`].
+#[derive(Debug, Clone)]
+pub struct ReplicaToOpen {
+    /// Its partition.
+    pub tp: TopicPartition,
+    /// Its log's configuration.
+    pub log: LogConfig,
+    /// Every voter of its group, this node among them.
+    pub voters: Vec<u64>,
+    /// Start an election at once (the preferred leader of a new group).
+    pub campaign: bool,
+    /// The group is created now on every voter: opened without `raft.state`, the
+    /// replica votes normally (`sluice_replica::ReplicaConfig::new_group`).
+    pub new_group: bool,
+}
+
 /// A cloneable, thread-safe handle to a running engine. Its futures need no
 /// particular runtime (they wait on `async-channel` sends and `futures-channel`
 /// oneshots), so tokio tasks, glommio tasks or `block_on` can drive them.
@@ -335,6 +351,7 @@ impl Engine {
                         log: log.clone(),
                         voters: vec![config.node_id],
                         campaign: false,
+                        new_group: false,
                     });
                 }
             }
@@ -348,6 +365,9 @@ impl Engine {
                     log: controller_log(&config.log_defaults),
                     voters: voters.clone(),
                     campaign: false,
+                    // Its vote guard tells a node that started empty what it missed
+                    // (`Replica::first_commit_heard`).
+                    new_group: false,
                 });
             }
         }
@@ -832,6 +852,7 @@ impl EngineHandle {
             log: log.clone(),
             voters: vec![self.inner.node_id],
             campaign: false,
+            new_group: false,
         });
         let failure = self
             .open_specs(specs)
@@ -947,6 +968,19 @@ impl EngineHandle {
         })
     }
 
+    /// The stats of partition `tp` (`None` if its shard does not hold it).
+    pub async fn partition_stats(
+        &self,
+        tp: &TopicPartition,
+    ) -> Result<Option<PartitionStats>, RequestError> {
+        let shard = self.inner.shard_of(tp);
+        let report = self
+            .inner
+            .call(shard, |reply| Request::Stats { reply })
+            .await?;
+        Ok(report.partitions.into_iter().find(|p| &p.tp == tp))
+    }
+
     /// The stats of the partitions of topic `name`, in partition order (empty for an
     /// unknown topic; a partition its shard does not hold is left out). Asks only the
     /// shards that own them.
@@ -1010,21 +1044,16 @@ impl EngineHandle {
     }
 
     /// Opens partitions as replicas of their Raft groups (cluster mode: the node's
-    /// share of the controller's assignments). `campaign`: start an election at once
-    /// (the preferred leader of a new group). A partition already open is reported
+    /// share of the controller's assignments). A partition already open is reported
     /// `PartitionExists`.
-    pub async fn open_replicas(
-        &self,
-        partitions: Vec<(TopicPartition, LogConfig, Vec<u64>, bool)>,
-    ) -> Vec<Opened> {
-        let specs = partitions
-            .into_iter()
-            .map(|(tp, log, voters, campaign)| OpenSpec {
-                tp,
-                log,
-                voters,
-                campaign,
-            });
+    pub async fn open_replicas(&self, partitions: Vec<ReplicaToOpen>) -> Vec<Opened> {
+        let specs = partitions.into_iter().map(|r| OpenSpec {
+            tp: r.tp,
+            log: r.log,
+            voters: r.voters,
+            campaign: r.campaign,
+            new_group: r.new_group,
+        });
         self.open_specs(specs).await
     }
 

@@ -80,8 +80,8 @@ pub mod topics;
 pub use driver::RaftOutbox;
 pub use engine::{
     controller_log, controller_partition, Engine, EngineConfig, EngineHandle, Fetched, Produced,
-    RequestError, StartError, StartupReport, CONTROLLER_TOPIC, FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX,
-    PRODUCE_TIMEOUT_MS_MAX, QUEUE_DEPTH_MAX, SHARDS_MAX, TICK_MS_MAX,
+    ReplicaToOpen, RequestError, StartError, StartupReport, CONTROLLER_TOPIC, FETCH_BYTES_MAX,
+    FETCH_WAIT_MS_MAX, PRODUCE_TIMEOUT_MS_MAX, QUEUE_DEPTH_MAX, SHARDS_MAX, TICK_MS_MAX,
 };
 pub use provider::GlommioProvider;
 pub use sluice_engine::{AckPolicy, EngineError, OffsetQuery, ShardStats, TopicPartition};

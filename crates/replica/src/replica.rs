@@ -38,6 +38,12 @@ pub struct ReplicaConfig {
     pub seed: u64,
     /// Limits for parsing batch headers.
     pub limits: Limits,
+    /// The group is being created now on every voter (the opener knows it: a topic
+    /// created after this node had its data): a replica opened without `raft.state`
+    /// then has nothing to forget and votes normally. Otherwise (the default) such a
+    /// replica may be a node that lost its disk, and it keeps the vote guard until it
+    /// caught up (`Replica::is_catching_up`).
+    pub new_group: bool,
 }
 
 impl ReplicaConfig {
@@ -54,6 +60,7 @@ impl ReplicaConfig {
             cache_bytes: 8 << 20,
             seed: id,
             limits: Limits::DEFAULT,
+            new_group: false,
         }
     }
 }
@@ -244,6 +251,9 @@ pub struct Replica {
     catching_up: Option<Option<u64>>,
     /// Votes refused by that guard.
     votes_withheld: u64,
+    /// The commit index the first leader heard while guarded reported (kept after the
+    /// guard ends): what this replica's node did not have when it started empty.
+    first_commit_heard: Option<u64>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -411,9 +421,10 @@ impl Replica {
             catching_up: if had_state {
                 state.catching_up.then_some(None)
             } else {
-                (config.voters.len() > 1).then_some(None)
+                (config.voters.len() > 1 && !config.new_group).then_some(None)
             },
             votes_withheld: 0,
+            first_commit_heard: None,
         };
         replica.reroll_timeout();
         let markers_dropped = kept_markers != state.markers.len();
@@ -644,6 +655,7 @@ impl Replica {
             MessageType::MsgHeartbeat | MessageType::MsgAppend if target.is_none() => {
                 let commit = heartbeat_commit.unwrap_or(msg.commit);
                 self.catching_up = Some(Some(commit));
+                self.first_commit_heard.get_or_insert(commit);
             }
             _ => {}
         }
@@ -659,6 +671,13 @@ impl Replica {
                 self.save_state();
             }
         }
+    }
+
+    /// While or after the vote guard (this run): the commit index the first leader it
+    /// heard reported, i.e. everything committed before this replica started without
+    /// state lies below it. `None`: not guarded in this run, or no leader heard yet.
+    pub fn first_commit_heard(&self) -> Option<u64> {
+        self.first_commit_heard
     }
 
     /// Whether the vote guard is on (see [`Replica::votes_withheld`]).

@@ -11,6 +11,13 @@
 //!   the state assigns to it (as a replica of a Raft group over the assigned nodes; the
 //!   preferred leader of a brand-new group campaigns at once) and deletes the partitions
 //!   of deleted topics.
+//! - **Join point.** A replica opened without `raft.state` keeps a vote guard (it may
+//!   be on a node that lost its disk, `sluice-replica`) unless its group is new: a
+//!   topic created at controller offset `created_at` ≥ this node's join point, the
+//!   commit index the first controller leader reported to this node's `__cluster/0`
+//!   replica when that started empty (everything committed before lies below it). The
+//!   join point is kept in `<data_dir>/cluster.joined` once learnt; until then, and on
+//!   a node whose controller log predates the file, every such replica is guarded.
 //! - **Node registry.** The configured nodes are registered by the controller leader
 //!   (`RegisterNode`) whenever the state's copy differs from the configuration.
 //! - **Peer links.** Raft frames from the shards go out through `sluice-peer`'s
@@ -27,7 +34,7 @@ use futures_util::future::BoxFuture;
 use sluice_controller::{Applied, ClusterState, Command, NodeInfo};
 use sluice_engine::{AckPolicy, TopicPartition};
 use sluice_node::{
-    controller_partition, EngineHandle, RequestError, TopicConfig as NodeTopicConfig,
+    controller_partition, EngineHandle, ReplicaToOpen, RequestError, TopicConfig as NodeTopicConfig,
 };
 use sluice_peer::{PeerHandler, PeerLinks};
 use sluice_proto::wire::{ErrorBody, ErrorCode};
@@ -84,6 +91,36 @@ pub struct Cluster {
     outcomes: Mutex<BTreeMap<u64, Applied>>,
     opened: Mutex<BTreeSet<TopicPartition>>,
     links: OnceLock<Arc<PeerLinks>>,
+    /// The join point (module docs), once known.
+    joined: Mutex<Option<u64>>,
+}
+
+/// The file that keeps the join point.
+pub const JOINED_FILE: &str = "cluster.joined";
+
+/// Reads the join point kept in `dir` (`None`: not learnt, or unreadable).
+fn load_joined(dir: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join(JOINED_FILE)).ok()?;
+    text.trim().parse().ok()
+}
+
+/// Keeps the join point durably: a temporary file, fsynced, renamed over, and the
+/// directory fsynced.
+fn store_joined(dir: &std::path::Path, at: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{JOINED_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    writeln!(f, "{at}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(JOINED_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Whether a partition of a topic created at controller offset `created_at` is a new
+/// group for a node that joined at `joined`: its replica, opened without state, then
+/// has nothing to forget.
+pub fn is_new_group(joined: Option<u64>, created_at: u64) -> bool {
+    joined.is_some_and(|j| created_at >= j)
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -99,6 +136,7 @@ impl Cluster {
     pub fn new(engine: EngineHandle, settings: ClusterSettings, log_defaults: LogConfig) -> Self {
         let me = engine.node_id();
         let (applied, _) = watch::channel(0);
+        let joined = load_joined(engine.data_dir());
         Self {
             engine,
             me,
@@ -109,6 +147,28 @@ impl Cluster {
             outcomes: Mutex::new(BTreeMap::new()),
             opened: Mutex::new(BTreeSet::new()),
             links: OnceLock::new(),
+            joined: Mutex::new(joined),
+        }
+    }
+
+    /// Learns the join point from this node's `__cluster/0` replica, once it reports
+    /// one (it started empty and heard a leader), and keeps it.
+    async fn learn_joined(&self) {
+        if lock(&self.joined).is_some() {
+            return;
+        }
+        let Ok(Some(stats)) = self.engine.partition_stats(&controller_partition()).await else {
+            return;
+        };
+        let Some(at) = stats.first_commit_heard else {
+            return;
+        };
+        match store_joined(self.engine.data_dir(), at) {
+            Ok(()) => {
+                tracing::info!(at, "cluster: join point learnt");
+                *lock(&self.joined) = Some(at);
+            }
+            Err(e) => tracing::warn!(error = %e, "cluster: keeping the join point failed"),
         }
     }
 
@@ -220,6 +280,7 @@ impl Cluster {
                         }
                     }
                     next = next.max(f.batches.next_offset);
+                    self.learn_joined().await;
                     self.reconcile().await;
                     self.applied.send_replace(next);
                 }
@@ -256,6 +317,7 @@ impl Cluster {
     /// and no longer assigned (a deleted topic).
     async fn reconcile(&self) {
         let (wanted, assigned): (Vec<_>, BTreeSet<TopicPartition>) = {
+            let joined = *lock(&self.joined);
             let state = read(&self.state);
             let mut wanted = Vec::new();
             let mut assigned = BTreeSet::new();
@@ -277,7 +339,13 @@ impl Cluster {
                     .join(sluice_engine::RAFT_STATE_FILE)
                     .exists();
                 let campaign = fresh && h.assignment.preferred_leader() == Some(self.me);
-                wanted.push((tp, log, h.assignment.replicas.clone(), campaign));
+                wanted.push(ReplicaToOpen {
+                    tp,
+                    log,
+                    voters: h.assignment.replicas.clone(),
+                    campaign,
+                    new_group: is_new_group(joined, h.topic.created_at),
+                });
             }
             (wanted, assigned)
         };
