@@ -311,7 +311,7 @@ impl<P: StorageProvider> Shard<P> {
             term: status.term,
             is_leader: status.is_leader,
             leader: status.leader,
-            first_commit_heard: p.rp.replica().first_commit_heard(),
+            caught_up_at: p.rp.replica().caught_up_at(),
         })
     }
 
@@ -966,9 +966,10 @@ pub struct PartitionStats {
     pub is_leader: bool,
     /// The group's leader as this replica knows it.
     pub leader: Option<u64>,
-    /// `Replica::first_commit_heard`: for a replica that started without state, the
-    /// commit index of the first leader it heard.
-    pub first_commit_heard: Option<u64>,
+    /// `Replica::caught_up_at`: for a replica that started without state, the end
+    /// offset of its log when it caught up (every record committed before it started
+    /// lies below).
+    pub caught_up_at: Option<u64>,
 }
 
 /// Reads committed batches from `offset` (never past the high watermark).

@@ -309,7 +309,7 @@ impl Nodes {
                 ..ShardConfig::default()
             };
             let mut shard = Shard::new(Mem::default(), config);
-            block_on(shard.open_replicated(tp(), LogConfig::default(), vec![1, 2, 3], false, 0))
+            block_on(shard.open_replicated(tp(), LogConfig::default(), vec![1, 2, 3], true, 0))
                 .unwrap();
             shards.insert(node, shard);
         }
@@ -460,6 +460,9 @@ fn a_new_leader_holding_an_uncommitted_copy_answers_timed_out_then_duplicate() {
 fn open_rp(fs: &MemFs, id: u64) -> ReplicatedPartition<MemFs> {
     let mut config = ReplicaConfig::new(id, vec![1, 2, 3]);
     config.seed = id * 7919;
+    // Created here on all three: no vote guard (a follower cut off before it committed
+    // an entry of the first leader's term would otherwise withhold its vote).
+    config.new_group = true;
     block_on(ReplicatedPartition::open(
         fs.clone(),
         LogConfig::default(),

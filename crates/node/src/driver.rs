@@ -667,7 +667,7 @@ impl Driver {
                 segments: log.segments,
                 raft_term: log.term,
                 is_leader: log.is_leader,
-                first_commit_heard: log.first_commit_heard,
+                caught_up_at: log.caught_up_at,
                 produce_requests: c.produce_requests,
                 produce_bytes: c.produce_bytes,
                 fetch_requests: c.fetch_requests,

@@ -365,8 +365,8 @@ impl Engine {
                     log: controller_log(&config.log_defaults),
                     voters: voters.clone(),
                     campaign: false,
-                    // Its vote guard tells a node that started empty what it missed
-                    // (`Replica::first_commit_heard`).
+                    // Its vote guard tells a node that started empty where it caught
+                    // up (`Replica::caught_up_at`): the join point.
                     new_group: false,
                 });
             }

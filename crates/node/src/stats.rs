@@ -100,9 +100,9 @@ pub struct PartitionStats {
     pub is_leader: bool,
     /// The end of the local log (appended, maybe not yet committed).
     pub log_end: u64,
-    /// For a replica that started without state: the commit index of the first
-    /// leader it heard (`sluice_replica::Replica::first_commit_heard`).
-    pub first_commit_heard: Option<u64>,
+    /// For a replica that started without state: the end offset of its log when it
+    /// caught up (`sluice_replica::Replica::caught_up_at`).
+    pub caught_up_at: Option<u64>,
 }
 
 /// One shard.

@@ -243,17 +243,16 @@ pub struct Replica {
     installed_extra: Option<Vec<u8>>,
     /// Followers found to have lost their log (`notice_lost_log`).
     lost_logs: u64,
-    /// Opened without any persisted state in a group of several voters: this replica
-    /// may be a node that lost its disk and forgot what it acknowledged and whom it
-    /// voted for. Until it holds the commit index the first leader it hears reports
-    /// (`Some(target)` once heard), it grants no vote to a candidate whose log is not
-    /// empty (`guard_vote`).
-    catching_up: Option<Option<u64>>,
+    /// Opened without any persisted state in a group of several voters (and not as a
+    /// new group): this replica may be a node that lost its disk and forgot what it
+    /// acknowledged and whom it voted for. Until it caught up (`check_caught_up`), it
+    /// grants no vote to a candidate whose log is not empty (`guard_vote`).
+    catching_up: bool,
     /// Votes refused by that guard.
     votes_withheld: u64,
-    /// The commit index the first leader heard while guarded reported (kept after the
-    /// guard ends): what this replica's node did not have when it started empty.
-    first_commit_heard: Option<u64>,
+    /// The end offset of the log when the vote guard ended in this run (kept after):
+    /// every record committed before this replica started empty lies below it.
+    caught_up_at: Option<u64>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -419,12 +418,12 @@ impl Replica {
             installed_extra: None,
             lost_logs: 0,
             catching_up: if had_state {
-                state.catching_up.then_some(None)
+                state.catching_up
             } else {
-                (config.voters.len() > 1 && !config.new_group).then_some(None)
+                config.voters.len() > 1 && !config.new_group
             },
             votes_withheld: 0,
-            first_commit_heard: None,
+            caught_up_at: None,
         };
         replica.reroll_timeout();
         let markers_dropped = kept_markers != state.markers.len();
@@ -449,7 +448,7 @@ impl Replica {
             start: s.start,
             membership: s.membership(),
             markers: s.markers.values().cloned().collect(),
-            catching_up: self.catching_up.is_some(),
+            catching_up: self.catching_up,
         }
     }
 
@@ -590,7 +589,7 @@ impl Replica {
             .then_some((msg.from, msg.term, msg.commit));
         sanitize(&mut msg, last_index)?;
         self.notice_lost_log(&msg);
-        if !self.guard_vote(&msg, lost.map(|(_, _, commit)| commit)) {
+        if !self.guard_vote(&msg) {
             return Ok(());
         }
         let result = self.raw.step(msg);
@@ -641,48 +640,58 @@ impl Replica {
     /// `msg`, a vote request from a candidate with a non-empty log. Were such a replica
     /// a node that lost its disk, its vote could elect a candidate missing entries that
     /// were committed with this node's (forgotten) acknowledgement. A group that is new
-    /// everywhere still elects: its candidates' logs are empty. `heartbeat_commit`: the
-    /// commit index of a leader's heartbeat before it was clamped to our log.
-    fn guard_vote(&mut self, msg: &Message, heartbeat_commit: Option<u64>) -> bool {
-        let Some(target) = self.catching_up else {
+    /// everywhere (and not opened as `new_group`) still elects: its candidates' logs are
+    /// empty.
+    fn guard_vote(&mut self, msg: &Message) -> bool {
+        if !self.catching_up {
             return true;
-        };
-        match msg.get_msg_type() {
-            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote if msg.index > 0 => {
-                self.votes_withheld += 1;
-                return false;
-            }
-            MessageType::MsgHeartbeat | MessageType::MsgAppend if target.is_none() => {
-                let commit = heartbeat_commit.unwrap_or(msg.commit);
-                self.catching_up = Some(Some(commit));
-                self.first_commit_heard.get_or_insert(commit);
-            }
-            _ => {}
+        }
+        let vote = matches!(
+            msg.get_msg_type(),
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+        );
+        if vote && msg.index > 0 {
+            self.votes_withheld += 1;
+            return false;
         }
         true
     }
 
-    /// Ends the vote guard once the log holds the commit index the leader reported.
+    /// Ends the vote guard once this replica holds every entry committed before it
+    /// started: when its commit index reaches an entry of the current leader's term
+    /// (that leader holds every entry committed in earlier terms, and our log matches
+    /// its up to there), or when it is elected itself (a majority found its log
+    /// complete). Not on the leader's commit index alone: a leader new in its term
+    /// reports a commit index that lags until it commits an entry of its own.
     fn check_caught_up(&mut self) {
-        if let Some(Some(target)) = self.catching_up {
-            if self.raw.raft.raft_log.committed >= target {
-                self.catching_up = None;
-                // Durably: a restart from here on votes normally.
-                self.save_state();
-            }
+        if !self.catching_up {
+            return;
+        }
+        let raft = &self.raw.raft;
+        let committed = raft.raft_log.committed;
+        let done = raft.state == StateRole::Leader
+            || (raft.state == StateRole::Follower
+                && committed > 0
+                && raft.raft_log.term(committed).is_ok_and(|t| t == raft.term));
+        if done {
+            self.catching_up = false;
+            self.caught_up_at = Some(self.raw.store().end_offset());
+            // Durably: a restart from here on votes normally.
+            self.save_state();
         }
     }
 
-    /// While or after the vote guard (this run): the commit index the first leader it
-    /// heard reported, i.e. everything committed before this replica started without
-    /// state lies below it. `None`: not guarded in this run, or no leader heard yet.
-    pub fn first_commit_heard(&self) -> Option<u64> {
-        self.first_commit_heard
+    /// The end offset of the log when the vote guard ended in this run: every record
+    /// committed before this replica started without state (or with the guard kept
+    /// from an earlier run) lies below it. `None`: not guarded in this run, or not
+    /// caught up yet.
+    pub fn caught_up_at(&self) -> Option<u64> {
+        self.caught_up_at
     }
 
     /// Whether the vote guard is on (see [`Replica::votes_withheld`]).
     pub fn is_catching_up(&self) -> bool {
-        self.catching_up.is_some()
+        self.catching_up
     }
 
     /// Vote requests this replica dropped because it started empty and has not yet

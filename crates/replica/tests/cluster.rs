@@ -542,6 +542,9 @@ fn a_replica_that_lost_its_log_votes_for_no_one_until_caught_up() {
         let now = c.elect();
         assert_eq!(c.node(now).hw, 30, "seed {seed}");
         assert!(!c.node(wiped).replica.is_catching_up(), "seed {seed}");
+        // It caught up past every record committed before it lost its disk.
+        let at = c.node(wiped).replica.caught_up_at();
+        assert!(at >= Some(30), "seed {seed}: caught up at {at:?}");
         let want = values(&c.node(now).log);
         for id in 1..=3 {
             assert_eq!(values(&c.node(id).log), want, "seed {seed}, node {id}");

@@ -13,9 +13,10 @@
 //!   of deleted topics.
 //! - **Join point.** A replica opened without `raft.state` keeps a vote guard (it may
 //!   be on a node that lost its disk, `sluice-replica`) unless its group is new: a
-//!   topic created at controller offset `created_at` ≥ this node's join point, the
-//!   commit index the first controller leader reported to this node's `__cluster/0`
-//!   replica when that started empty (everything committed before lies below it). The
+//!   topic created at controller offset `created_at` ≥ this node's join point, the end
+//!   offset of this node's `__cluster/0` log when that replica, started empty, caught
+//!   up (it holds an entry its leader committed in its own term, or it was elected:
+//!   everything committed before lies below it). The
 //!   join point is kept in `<data_dir>/cluster.joined` once learnt; until then, and on
 //!   a node whose controller log predates the file, every such replica is guarded.
 //! - **Node registry.** The configured nodes are registered by the controller leader
@@ -160,7 +161,7 @@ impl Cluster {
         let Ok(Some(stats)) = self.engine.partition_stats(&controller_partition()).await else {
             return;
         };
-        let Some(at) = stats.first_commit_heard else {
+        let Some(at) = stats.caught_up_at else {
             return;
         };
         match store_joined(self.engine.data_dir(), at) {
