@@ -26,6 +26,8 @@
 #![warn(missing_docs)]
 
 use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -133,12 +135,13 @@ pub struct ConsumerRecord {
     pub offset: u64,
     /// Its timestamp, ms since the Unix epoch.
     pub timestamp: i64,
-    /// Its key (`None`: null).
-    pub key: Option<Vec<u8>>,
+    /// Its key (`None`: null). Like the value, a slice of the fetched response, not
+    /// a copy.
+    pub key: Option<Bytes>,
     /// Its value (`None`: null).
-    pub value: Option<Vec<u8>>,
+    pub value: Option<Bytes>,
     /// Its headers in order: (key, value), a null value as `None`.
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub headers: Vec<(String, Option<Bytes>)>,
 }
 
 /// What a buffered record counts against `fetch_max_bytes` on top of its data, so a
@@ -150,10 +153,10 @@ impl ConsumerRecord {
         let headers: usize = self
             .headers
             .iter()
-            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len))
             .sum();
-        self.key.as_ref().map_or(0, Vec::len)
-            + self.value.as_ref().map_or(0, Vec::len)
+        self.key.as_ref().map_or(0, Bytes::len)
+            + self.value.as_ref().map_or(0, Bytes::len)
             + headers
             + RECORD_OVERHEAD_BYTES
     }
@@ -746,30 +749,32 @@ impl Consumer {
                 }
             },
             Answer::Fetch { offset, result } => match result {
-                Ok((ok, payload)) => match decode(&topic, partition, offset, &payload, &limits) {
-                    Ok(decoded) => {
-                        state.failures = 0;
-                        state.high_watermark = Some(ok.high_watermark);
-                        // The batches' own end is the truth; the broker's `next_offset`
-                        // may only move past it (offsets that hold no records).
-                        let next = decoded.end.unwrap_or(offset).max(ok.next_offset);
-                        state.fetch_offset = next.max(offset);
-                        for r in decoded.records {
-                            state.buffered_bytes += r.bytes();
-                            state.records.push_back(r);
+                Ok((ok, payload)) => {
+                    match decode(&topic, partition, offset, &Bytes::from(payload), &limits) {
+                        Ok(decoded) => {
+                            state.failures = 0;
+                            state.high_watermark = Some(ok.high_watermark);
+                            // The batches' own end is the truth; the broker's `next_offset`
+                            // may only move past it (offsets that hold no records).
+                            let next = decoded.end.unwrap_or(offset).max(ok.next_offset);
+                            state.fetch_offset = next.max(offset);
+                            for r in decoded.records {
+                                state.buffered_bytes += r.bytes();
+                                state.records.push_back(r);
+                            }
+                        }
+                        Err(source) => {
+                            let e = ConsumerError::CorruptBatch {
+                                topic,
+                                partition,
+                                offset,
+                                source,
+                            };
+                            state.paused = Some(e.clone());
+                            self.errors.push_back(e);
                         }
                     }
-                    Err(source) => {
-                        let e = ConsumerError::CorruptBatch {
-                            topic,
-                            partition,
-                            offset,
-                            source,
-                        };
-                        state.paused = Some(e.clone());
-                        self.errors.push_back(e);
-                    }
-                },
+                }
                 Err(source) => {
                     let range = source
                         .broker_error()
@@ -887,10 +892,12 @@ fn decode(
     topic: &str,
     partition: u32,
     from: u64,
-    payload: &[u8],
+    payload: &Bytes,
     limits: &Limits,
 ) -> Result<Decoded, BatchError> {
     let mut out = Decoded::default();
+    // Keys and values are slices of the response (no copy per record).
+    let slice = |b: &[u8]| payload.slice_ref(b);
     for batch in batches(payload, limits) {
         let batch = batch?;
         let header = batch.header();
@@ -909,11 +916,11 @@ fn decode(
                 partition,
                 offset: r.offset,
                 timestamp: r.timestamp,
-                key: r.key.map(<[u8]>::to_vec),
-                value: r.value.map(<[u8]>::to_vec),
+                key: r.key.map(slice),
+                value: r.value.map(slice),
                 headers: r
                     .headers()
-                    .map(|(k, v)| (k.to_owned(), v.map(<[u8]>::to_vec)))
+                    .map(|(k, v)| (k.to_owned(), v.map(slice)))
                     .collect(),
             });
         }
@@ -948,7 +955,7 @@ mod tests {
             .map(|r| {
                 (
                     r.offset,
-                    String::from_utf8(r.value.clone().unwrap()).unwrap(),
+                    String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap(),
                 )
             })
             .collect()
@@ -959,7 +966,7 @@ mod tests {
         let mut payload = batch(10, &["a", "b", "c"], false);
         payload.extend(batch(13, &["marker"], true));
         payload.extend(batch(14, &["d"], false));
-        let d = decode("t", 2, 11, &payload, &Limits::DEFAULT).unwrap();
+        let d = decode("t", 2, 11, &payload.into(), &Limits::DEFAULT).unwrap();
         assert_eq!(
             values(&d),
             vec![(11, "b".into()), (12, "c".into()), (14, "d".into())]
@@ -972,7 +979,7 @@ mod tests {
         );
         assert_eq!(first.headers, vec![("h".to_owned(), None)]);
         assert_eq!(
-            decode("t", 0, 5, &[], &Limits::DEFAULT).unwrap(),
+            decode("t", 0, 5, &Bytes::new(), &Limits::DEFAULT).unwrap(),
             Decoded::default()
         );
     }
@@ -982,18 +989,19 @@ mod tests {
         let mut payload = batch(10, &["a", "b"], false);
         payload.extend(batch(11, &["c"], false));
         assert!(matches!(
-            decode("t", 0, 10, &payload, &Limits::DEFAULT),
+            decode("t", 0, 10, &payload.into(), &Limits::DEFAULT),
             Err(BatchError::Malformed { .. })
         ));
         let mut corrupt = batch(0, &["a"], false);
         let last = corrupt.len() - 1;
         corrupt[last] ^= 0xff;
         assert!(matches!(
-            decode("t", 0, 0, &corrupt, &Limits::DEFAULT),
+            decode("t", 0, 0, &corrupt.into(), &Limits::DEFAULT),
             Err(BatchError::BadCrc { .. })
         ));
         let cut = batch(0, &["a"], false);
-        assert!(decode("t", 0, 0, &cut[..cut.len() - 1], &Limits::DEFAULT).is_err());
+        let cut = Bytes::from(cut);
+        assert!(decode("t", 0, 0, &cut.slice(..cut.len() - 1), &Limits::DEFAULT).is_err());
     }
 
     #[test]

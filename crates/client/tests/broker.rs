@@ -160,7 +160,7 @@ async fn hundred_thousand_records_over_eight_partitions_read_back_exactly() {
         assert_eq!(r.key.as_deref(), Some(format!("key-{id}").as_bytes()));
         assert_eq!(
             r.headers,
-            vec![("id".to_owned(), Some(id.to_le_bytes().to_vec()))]
+            vec![("id".to_owned(), Some(id.to_le_bytes().to_vec().into()))]
         );
         assert!(seen.insert(id), "id {id} consumed twice");
     }
@@ -720,6 +720,6 @@ async fn send_waits_for_buffer_space_and_flush_sends_lingering_batches() {
     let records = read_all(&client, "pressure", 1, 10).await;
     assert_eq!(
         records.last().map(|r| r.value.clone()),
-        Some(Some(vec![9u8; 400]))
+        Some(Some(vec![9u8; 400].into()))
     );
 }

@@ -196,7 +196,7 @@ pub async fn run_consumer(
                     continue;
                 }
             }
-            let len = rec.value.as_ref().map_or(0, Vec::len) as u64;
+            let len = rec.value.as_ref().map_or(0, |v| v.len()) as u64;
             match &mut sink {
                 Sink::Verify(checker) => {
                     checker.consumed(rec.partition, rec.offset, rec.value.as_deref());
