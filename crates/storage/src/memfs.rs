@@ -493,7 +493,9 @@ impl MemFs {
         }
     }
 
-    fn sync_inode(&self, ino: u64, name: &str) -> io::Result<()> {
+    /// A sync of `ino`: of every change so far, or (`upto`: a detached fdatasync begun
+    /// after that many changes, completing now) of the changes made before it began.
+    fn sync_inode(&self, ino: u64, name: &str, upto: Option<u64>) -> io::Result<()> {
         self.mutate(
             |_| Op::Sync {
                 name: name.to_string(),
@@ -506,7 +508,11 @@ impl MemFs {
                     inode.pending.clear();
                     return Err(io::Error::other("injected EIO on fsync"));
                 }
-                s.inode(ino)?.sync();
+                let inode = s.inode(ino)?;
+                match upto {
+                    None => inode.sync(),
+                    Some(upto) => inode.sync_upto(upto),
+                }
                 Ok(())
             },
         )
@@ -515,25 +521,6 @@ impl MemFs {
     /// The changes made to `ino` so far (for a detached sync begun now).
     fn changes(&self, ino: u64) -> io::Result<u64> {
         Ok(self.state.borrow_mut().inode(ino)?.changes)
-    }
-
-    /// A sync of the changes made to `ino` before its `upto`-th (a detached fdatasync
-    /// begun then, completing now): faults as `sync_inode`.
-    fn sync_inode_upto(&self, ino: u64, name: &str, upto: u64) -> io::Result<()> {
-        self.mutate(
-            |_| Op::Sync {
-                name: name.to_string(),
-            },
-            |s| {
-                if s.take_sync_fault() {
-                    let inode = s.inode(ino)?;
-                    inode.pending.clear();
-                    return Err(io::Error::other("injected EIO on fsync"));
-                }
-                s.inode(ino)?.sync_upto(upto);
-                Ok(())
-            },
-        )
     }
 
     fn set_len_inode(&self, ino: u64, name: &str, len: u64) -> io::Result<()> {
@@ -688,7 +675,7 @@ impl LogFile for MemFile {
     }
 
     async fn sync(&mut self) -> io::Result<()> {
-        self.fs.sync_inode(self.ino, &self.name)
+        self.fs.sync_inode(self.ino, &self.name, None)
     }
 
     /// Makes durable, when polled, exactly the changes made before this call: the
@@ -698,7 +685,7 @@ impl LogFile for MemFile {
         let (fs, ino, name) = (self.fs.clone(), self.ino, self.name.clone());
         let upto = fs.changes(ino);
         Some(Box::pin(
-            async move { fs.sync_inode_upto(ino, &name, upto?) },
+            async move { fs.sync_inode(ino, &name, Some(upto?)) },
         ))
     }
 
@@ -733,7 +720,7 @@ impl IndexFile for MemIndex {
     }
 
     async fn sync(&mut self) -> io::Result<()> {
-        self.fs.sync_inode(self.ino, &self.name)
+        self.fs.sync_inode(self.ino, &self.name, None)
     }
 
     async fn set_len(&mut self, len: u64) -> io::Result<()> {
