@@ -70,7 +70,9 @@ pub enum Command {
         #[command(subcommand)]
         command: TopicCommand,
     },
-    /// Append one record per line of stdin to a topic; prints each acked offset.
+    /// Append one record per line of stdin to a topic; prints each acked offset. A
+    /// batch the broker refused with nothing appended (a partition electing a leader)
+    /// is sent again for about 6 s; one that may have been appended is not.
     Produce(ProduceArgs),
     /// Print a topic's records.
     Consume(ConsumeArgs),

@@ -428,10 +428,7 @@ async fn partition_task(shared: Arc<Shared>, partition: u32, mut rx: mpsc::Recei
             }
         };
         let topic = &shared.topic;
-        let sent = shared
-            .client
-            .produce(topic, partition, &bytes, shared.acks, shared.timeout_ms)
-            .await;
+        let sent = produce_retrying(&shared, partition, &bytes).await;
         match sent {
             Ok(ok) if ok.last_offset.checked_sub(ok.base_offset) == Some(records - 1) => {
                 shared
@@ -473,5 +470,49 @@ async fn partition_task(shared: Arc<Shared>, partition: u32, mut rx: mpsc::Recei
             }
         }
         drop(batch.permits);
+    }
+}
+
+/// Attempts of a batch whose refusals left nothing in the log (a partition electing a
+/// leader answers `NotLeader` with no leader, a full broker `Dropped`), and the backoff
+/// between them: 100 ms doubling to 1 s, about 6 s in all, the time an election takes
+/// with room to spare.
+const DEFINITE_RETRIES: u32 = 9;
+const RETRY_BACKOFF_MS: u64 = 100;
+const RETRY_BACKOFF_MAX_MS: u64 = 1_000;
+
+/// Sends one batch, again after a backoff while the broker refuses it retriably and
+/// definitely (nothing appended, so a resend cannot duplicate). An indeterminate
+/// failure is never resent: this producer is not idempotent.
+async fn produce_retrying(
+    shared: &Shared,
+    partition: u32,
+    bytes: &[u8],
+) -> Result<sluice_proto::wire::ProduceOk, sluice_client::ClientError> {
+    let mut backoff = RETRY_BACKOFF_MS;
+    let mut attempt = 0;
+    loop {
+        let sent = shared
+            .client
+            .produce(
+                &shared.topic,
+                partition,
+                bytes,
+                shared.acks,
+                shared.timeout_ms,
+            )
+            .await;
+        match sent {
+            Err(e)
+                if attempt < DEFINITE_RETRIES
+                    && e.is_retriable()
+                    && e.write_outcome() == WriteOutcome::Definite =>
+            {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(backoff)).await;
+                backoff = (backoff * 2).min(RETRY_BACKOFF_MAX_MS);
+            }
+            other => return other,
+        }
     }
 }
