@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use sluice_client::session::partition_for_key;
+use sluice_client::session::{partition_for_key, Outcome, RetryPolicy};
 use sluice_client::transport::Client;
 use sluice_proto::wire::{Acks, WriteOutcome};
 use sluice_proto::{BatchBuilder, Limits};
@@ -473,24 +473,24 @@ async fn partition_task(shared: Arc<Shared>, partition: u32, mut rx: mpsc::Recei
     }
 }
 
-/// Attempts of a batch whose refusals left nothing in the log (a partition electing a
-/// leader answers `NotLeader` with no leader, a full broker `Dropped`), and the backoff
-/// between them: 100 ms doubling to 1 s, about 6 s in all, the time an election takes
-/// with room to spare.
-const DEFINITE_RETRIES: u32 = 9;
-const RETRY_BACKOFF_MS: u64 = 100;
-const RETRY_BACKOFF_MAX_MS: u64 = 1_000;
+/// Resends of a batch whose refusals left nothing in the log (a partition electing a
+/// leader answers `NotLeader` with no leader, a full broker `Dropped`): 9, after
+/// 100 ms doubling to 1 s, about 6 s in all, the time an election takes with room to
+/// spare. Indeterminate failures are never resent: this producer is not idempotent.
+const RETRY: RetryPolicy = RetryPolicy {
+    retries: 9,
+    backoff_ms: 100,
+    backoff_max_ms: 1_000,
+    retry_indeterminate: false,
+};
 
-/// Sends one batch, again after a backoff while the broker refuses it retriably and
-/// definitely (nothing appended, so a resend cannot duplicate). An indeterminate
-/// failure is never resent: this producer is not idempotent.
+/// Sends one batch, again while [`RETRY`] allows it.
 async fn produce_retrying(
     shared: &Shared,
     partition: u32,
     bytes: &[u8],
 ) -> Result<sluice_proto::wire::ProduceOk, sluice_client::ClientError> {
-    let mut backoff = RETRY_BACKOFF_MS;
-    let mut attempt = 0;
+    let mut failures = 0;
     loop {
         let sent = shared
             .client
@@ -502,17 +502,15 @@ async fn produce_retrying(
                 shared.timeout_ms,
             )
             .await;
-        match sent {
-            Err(e)
-                if attempt < DEFINITE_RETRIES
-                    && e.is_retriable()
-                    && e.write_outcome() == WriteOutcome::Definite =>
-            {
-                attempt += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(backoff)).await;
-                backoff = (backoff * 2).min(RETRY_BACKOFF_MAX_MS);
+        let Err(e) = &sent else { return sent };
+        failures += 1;
+        // Times relative to now: `RetryAt(wait)`.
+        match RETRY.decide(0, failures, e.is_retriable(), e.write_outcome(), None) {
+            Outcome::RetryAt(wait) => {
+                let wait = u64::try_from(wait).unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
             }
-            other => return other,
+            Outcome::Failed | Outcome::Done => return sent,
         }
     }
 }
