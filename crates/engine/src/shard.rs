@@ -312,6 +312,7 @@ impl<P: StorageProvider> Shard<P> {
             is_leader: status.is_leader,
             leader: status.leader,
             caught_up_at: p.rp.replica().caught_up_at(),
+            catching_up: p.rp.replica().is_catching_up(),
         })
     }
 
@@ -970,6 +971,8 @@ pub struct PartitionStats {
     /// offset of its log when it caught up (every record committed before it started
     /// lies below).
     pub caught_up_at: Option<u64>,
+    /// `Replica::is_catching_up`: the vote guard is on.
+    pub catching_up: bool,
 }
 
 /// Reads committed batches from `offset` (never past the high watermark).

@@ -668,6 +668,7 @@ impl Driver {
                 raft_term: log.term,
                 is_leader: log.is_leader,
                 caught_up_at: log.caught_up_at,
+                catching_up: log.catching_up,
                 produce_requests: c.produce_requests,
                 produce_bytes: c.produce_bytes,
                 fetch_requests: c.fetch_requests,

@@ -103,6 +103,8 @@ pub struct PartitionStats {
     /// For a replica that started without state: the end offset of its log when it
     /// caught up (`sluice_replica::Replica::caught_up_at`).
     pub caught_up_at: Option<u64>,
+    /// Its vote guard is on (`sluice_replica::Replica::is_catching_up`).
+    pub catching_up: bool,
 }
 
 /// One shard.

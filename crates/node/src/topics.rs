@@ -442,7 +442,7 @@ fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
 
 /// Replaces `dir/name` with `bytes` atomically and durably: write `dir/tmp`, fsync
 /// it, rename it over `name`, fsync `dir`.
-fn write_atomic(dir: &Path, name: &str, tmp: &str, bytes: &[u8]) -> io::Result<()> {
+pub fn write_atomic(dir: &Path, name: &str, tmp: &str, bytes: &[u8]) -> io::Result<()> {
     let tmp_path = dir.join(tmp);
     let mut f = fs::File::create(&tmp_path)?;
     f.write_all(bytes)?;

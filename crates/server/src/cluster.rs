@@ -27,6 +27,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -94,6 +95,10 @@ pub struct Cluster {
     links: OnceLock<Arc<PeerLinks>>,
     /// The join point (module docs), once known.
     joined: Mutex<Option<u64>>,
+    /// False once this run cannot learn it: the `__cluster/0` replica was neither
+    /// guarded nor caught up when asked (it opened with its state), so it never reports
+    /// one, and asking its shard again every pass would be wasted.
+    learnable: AtomicBool,
 }
 
 /// The file that keeps the join point.
@@ -103,18 +108,6 @@ pub const JOINED_FILE: &str = "cluster.joined";
 fn load_joined(dir: &std::path::Path) -> Option<u64> {
     let text = std::fs::read_to_string(dir.join(JOINED_FILE)).ok()?;
     text.trim().parse().ok()
-}
-
-/// Keeps the join point durably: a temporary file, fsynced, renamed over, and the
-/// directory fsynced.
-fn store_joined(dir: &std::path::Path, at: u64) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = dir.join(format!("{JOINED_FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    writeln!(f, "{at}")?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(JOINED_FILE))?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Whether a partition of a topic created at controller offset `created_at` is a new
@@ -149,22 +142,33 @@ impl Cluster {
             opened: Mutex::new(BTreeSet::new()),
             links: OnceLock::new(),
             joined: Mutex::new(joined),
+            learnable: AtomicBool::new(true),
         }
     }
 
     /// Learns the join point from this node's `__cluster/0` replica, once it reports
     /// one (it started empty and heard a leader), and keeps it.
     async fn learn_joined(&self) {
-        if lock(&self.joined).is_some() {
+        if lock(&self.joined).is_some() || !self.learnable.load(Ordering::Relaxed) {
             return;
         }
         let Ok(Some(stats)) = self.engine.partition_stats(&controller_partition()).await else {
             return;
         };
         let Some(at) = stats.caught_up_at else {
+            if !stats.catching_up {
+                self.learnable.store(false, Ordering::Relaxed);
+            }
             return;
         };
-        match store_joined(self.engine.data_dir(), at) {
+        let tmp = format!("{JOINED_FILE}.tmp");
+        let kept = sluice_node::topics::write_atomic(
+            self.engine.data_dir(),
+            JOINED_FILE,
+            &tmp,
+            format!("{at}\n").as_bytes(),
+        );
+        match kept {
             Ok(()) => {
                 tracing::info!(at, "cluster: join point learnt");
                 *lock(&self.joined) = Some(at);
