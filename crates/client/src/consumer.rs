@@ -288,7 +288,7 @@ struct PartitionState {
 enum Answer {
     Fetch {
         offset: u64,
-        result: Result<(FetchOk, Vec<u8>), ClientError>,
+        result: Result<(FetchOk, Bytes), ClientError>,
     },
     Reset {
         result: Result<OffsetOk, ClientError>,
@@ -750,7 +750,7 @@ impl Consumer {
             },
             Answer::Fetch { offset, result } => match result {
                 Ok((ok, payload)) => {
-                    match decode(&topic, partition, offset, &Bytes::from(payload), &limits) {
+                    match decode(&topic, partition, offset, &payload, &limits) {
                         Ok(decoded) => {
                             state.failures = 0;
                             state.high_watermark = Some(ok.high_watermark);

@@ -32,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -587,6 +588,17 @@ impl Client {
         request: Request,
         payload: &[u8],
     ) -> Result<(Response, Vec<u8>), ClientError> {
+        let (response, payload) = self.request_bytes(request, payload).await?;
+        Ok((response, Vec::from(payload)))
+    }
+
+    /// [`Client::request`], with the response payload a slice of the response frame as
+    /// it was read (no copy).
+    async fn request_bytes(
+        &self,
+        request: Request,
+        payload: &[u8],
+    ) -> Result<(Response, Bytes), ClientError> {
         let prepared = self.prepare(&request, payload)?;
         match request.partition() {
             Some((topic, partition)) => self.to_leader(topic, partition, &prepared, payload).await,
@@ -634,7 +646,7 @@ impl Client {
         &self,
         prepared: &Prepared,
         payload: &[u8],
-    ) -> Result<(Response, Vec<u8>), ClientError> {
+    ) -> Result<(Response, Bytes), ClientError> {
         let mut tried: Vec<String> = Vec::new();
         // The first node's failure: what the caller gets when no other node does better
         // (a fallback node's own failure says less about why the call failed).
@@ -686,7 +698,7 @@ impl Client {
         partition: u32,
         prepared: &Prepared,
         payload: &[u8],
-    ) -> Result<(Response, Vec<u8>), ClientError> {
+    ) -> Result<(Response, Bytes), ClientError> {
         // (The routes lock is released at the end of this statement: `refresh` and
         // `pick_any` take it again.)
         let (leader, look_up) = match self.routes().route(topic, partition, Instant::now()) {
@@ -925,7 +937,7 @@ impl Client {
         addr: &str,
         prepared: &Prepared,
         payload: &[u8],
-    ) -> Result<(Response, Vec<u8>), ClientError> {
+    ) -> Result<(Response, Bytes), ClientError> {
         let sent = AtomicBool::new(false);
         self.request_on_tracked(addr, prepared, payload, &sent)
             .await
@@ -938,7 +950,7 @@ impl Client {
         prepared: &Prepared,
         payload: &[u8],
         sent: &AtomicBool,
-    ) -> Result<(Response, Vec<u8>), ClientError> {
+    ) -> Result<(Response, Bytes), ClientError> {
         let node = self.node(addr);
         let exchanged = tokio::time::timeout(
             prepared.deadline,
@@ -965,7 +977,7 @@ impl Client {
         prepared: &Prepared,
         payload: &[u8],
         sent: &AtomicBool,
-    ) -> Result<(Response, Vec<u8>), ClientError> {
+    ) -> Result<(Response, Bytes), ClientError> {
         let Prepared {
             request_id,
             kind,
@@ -1071,12 +1083,13 @@ impl Client {
                 ));
             }
         }
+        // The payload is the frame's tail: handed over as a slice of it, not moved to
+        // the front of the buffer (a fetch's payload is most of a MiB).
         let payload = if payload_len == 0 {
-            Vec::new()
+            Bytes::new()
         } else {
             let start = frame.len().saturating_sub(payload_len);
-            frame.drain(..start);
-            frame
+            Bytes::from(frame).slice(start..)
         };
         Ok((response, payload))
     }
@@ -1220,7 +1233,7 @@ impl Client {
         offset: u64,
         max_bytes: u32,
         max_wait_ms: u32,
-    ) -> Result<(FetchOk, Vec<u8>), ClientError> {
+    ) -> Result<(FetchOk, Bytes), ClientError> {
         let request = Request::Fetch {
             topic: topic.to_owned(),
             partition,
@@ -1228,7 +1241,7 @@ impl Client {
             max_bytes,
             max_wait_ms,
         };
-        let (response, payload) = self.request(request, &[]).await?;
+        let (response, payload) = self.request_bytes(request, &[]).await?;
         let ok = unpack!(response, Fetch)?;
         Ok((ok, payload))
     }

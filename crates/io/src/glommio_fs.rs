@@ -187,6 +187,13 @@ impl LogFile for GlommioFile {
         }
     }
 
+    async fn read_append(&self, pos: u64, len: usize, out: &mut Vec<u8>) -> io::Result<()> {
+        match self {
+            Self::Buffered(f) => f.read_append(pos, len, out).await,
+            Self::Direct(f) => f.read_append(pos, len, out).await,
+        }
+    }
+
     async fn append(&mut self, data: &[u8]) -> io::Result<()> {
         match self {
             Self::Buffered(f) => f.append(data).await,

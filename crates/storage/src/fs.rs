@@ -65,6 +65,14 @@ pub trait LogFile {
     }
     /// Reads up to `len` bytes at `pos`; fewer only when the file ends first.
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// Like [`LogFile::read_at`], but appends the bytes to `out`. The default reads
+    /// with `read_at` and copies; a backend that can read straight into `out` (a fetch's
+    /// response buffer) overrides it and saves that copy.
+    async fn read_append(&self, pos: u64, len: usize, out: &mut Vec<u8>) -> io::Result<()> {
+        let got = self.read_at(pos, len).await?;
+        out.extend_from_slice(&got);
+        Ok(())
+    }
     /// Appends `data` at the end. On error the file may hold any prefix of `data`;
     /// the caller truncates back to the length it knows.
     async fn append(&mut self, data: &[u8]) -> io::Result<()>;

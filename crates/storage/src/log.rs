@@ -17,7 +17,7 @@
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sluice_proto::{set_base_offset, BatchError, BatchHeader, BatchView, Limits};
+use sluice_proto::{set_base_offset, BatchError, BatchHeader, BatchView, Limits, HEADER_LEN};
 use thiserror::Error;
 
 use crate::fs::{DetachedSync, IndexFile, LogFile, OpenMode, Storage};
@@ -126,6 +126,10 @@ impl LogError {
         matches!(self, LogError::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull)
     }
 }
+
+/// What a fetch reads at a time while it skips, by their headers, the batches between
+/// the index entry it starts from and the offset asked for.
+const FETCH_SKIP_CHUNK_BYTES: usize = 4096;
 
 fn io_err(op: &'static str, file: impl Into<String>) -> impl FnOnce(io::Error) -> LogError {
     let file = file.into();
@@ -615,21 +619,57 @@ impl<S: Storage> PartitionLog<S> {
         let seg = self.segment_for(from);
         let (pos, offset) = seg.seek(from);
         let limits = self.config.limits;
-        let mut cursor = seg.cursor(&limits, pos, offset);
-        while let Some(found) = self.next_stored(&mut cursor, seg).await? {
+        let name = || names(seg.base)[0].clone();
+        // The batches below `from` between the index entry and it: headers only.
+        let mut cursor = seg
+            .cursor(&limits, pos, offset)
+            .with_chunk(FETCH_SKIP_CHUNK_BYTES);
+        if let Err(ScanStop::Bad { pos, reason }) = cursor
+            .skip_below(from)
+            .await
+            .map_err(io_err("read", name()))?
+        {
+            return Err(LogError::Corruption {
+                file: name(),
+                position: pos,
+                reason,
+            });
+        }
+        // Then the batches returned, read straight into the buffer that is returned:
+        // as much as the budget asks for in one read, the first batch whole.
+        let start = cursor.pos();
+        cursor.keep_from_here(max_bytes.saturating_add(HEADER_LEN));
+        let budget_end = start.saturating_add(max_bytes as u64);
+        let mut kept_end = start;
+        loop {
+            let within = if out.count == 0 { u64::MAX } else { budget_end };
+            let found = match cursor
+                .next_within(within)
+                .await
+                .map_err(io_err("read", name()))?
+            {
+                Ok(Some(found)) => found,
+                Ok(None) => break,
+                Err(ScanStop::Bad { pos, reason }) => {
+                    return Err(LogError::Corruption {
+                        file: name(),
+                        position: pos,
+                        reason,
+                    })
+                }
+            };
             if found.header.base_offset >= end {
                 break;
             }
-            if found.header.last_offset() < from {
-                continue;
-            }
-            if out.count > 0 && out.bytes.len() + found.header.length as usize > max_bytes {
-                break;
-            }
-            out.bytes.extend_from_slice(cursor.bytes(&found));
             out.count += 1;
             out.next_offset = found.header.last_offset() + 1;
+            kept_end = found.pos + u64::from(found.header.length);
         }
+        out.bytes = cursor.take_kept(kept_end).ok_or_else(|| LogError::Io {
+            op: "read",
+            file: name(),
+            source: io::Error::other("the fetched batches are not in the read buffer"),
+        })?;
         Ok(out)
     }
 

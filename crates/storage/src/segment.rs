@@ -44,6 +44,11 @@ pub(crate) struct Found {
 }
 
 /// Scans whole, CRC-checked batches of one file from a known position and offset.
+///
+/// It reads the file in chunks into one buffer. By default each chunk replaces the
+/// last; once [`Cursor::keep_from_here`] is called, chunks are appended instead, so
+/// the batches from that point on stay in the buffer, contiguous, and
+/// [`Cursor::take_kept`] hands them over without another copy (a fetch's response).
 pub(crate) struct Cursor<'a, F> {
     file: &'a F,
     limits: &'a Limits,
@@ -54,6 +59,11 @@ pub(crate) struct Cursor<'a, F> {
     buf_pos: u64,
     pos: u64,
     expect_offset: u64,
+    /// Bytes read at a time (more when one batch is larger).
+    chunk: usize,
+    /// Whether the buffer grows (everything from `buf_pos` stays) instead of being
+    /// replaced.
+    keep: bool,
 }
 
 impl<'a, F: LogFile> Cursor<'a, F> {
@@ -76,6 +86,8 @@ impl<'a, F: LogFile> Cursor<'a, F> {
             buf_pos: pos,
             pos,
             expect_offset: offset,
+            chunk: SCAN_CHUNK_BYTES,
+            keep: false,
         }
     }
 
@@ -89,6 +101,32 @@ impl<'a, F: LogFile> Cursor<'a, F> {
         self.expect_offset
     }
 
+    /// Reads `chunk` bytes at a time (more when one batch is larger).
+    pub fn with_chunk(mut self, chunk: usize) -> Self {
+        self.chunk = chunk.max(HEADER_LEN);
+        self
+    }
+
+    /// From now on the buffer starts at the next batch and keeps every byte read after
+    /// it, reading `chunk` bytes at a time.
+    pub fn keep_from_here(&mut self, chunk: usize) {
+        self.keep = true;
+        self.chunk = chunk.max(HEADER_LEN);
+        self.buf.clear();
+        self.buf_pos = self.pos;
+    }
+
+    /// The kept bytes up to file position `end`, which must not pass what was read:
+    /// every batch returned since [`Cursor::keep_from_here`] and before `end`.
+    pub fn take_kept(mut self, end: u64) -> Option<Vec<u8>> {
+        let len = usize::try_from(end.checked_sub(self.buf_pos)?).ok()?;
+        if !self.keep || len > self.buf.len() {
+            return None;
+        }
+        self.buf.truncate(len);
+        Some(self.buf)
+    }
+
     /// Makes `[pos, pos + len)` resident; false if the file ends first.
     async fn fill(&mut self, len: usize) -> Result<bool, std::io::Error> {
         let have_from = self.pos - self.buf_pos;
@@ -96,11 +134,22 @@ impl<'a, F: LogFile> Cursor<'a, F> {
         if resident >= len as u64 {
             return Ok(true);
         }
-        let want = len.max(SCAN_CHUNK_BYTES) as u64;
-        let want = want.min(self.end.saturating_sub(self.pos));
-        self.buf = self.file.read_at(self.pos, want as usize).await?;
-        self.buf_pos = self.pos;
-        Ok(self.buf.len() >= len)
+        let want_end = self
+            .pos
+            .saturating_add(len.max(self.chunk) as u64)
+            .min(self.end);
+        if self.keep {
+            // `pos` is inside the buffer or at its end: read on from there.
+            let buf_end = self.buf_pos + self.buf.len() as u64;
+            let want = usize::try_from(want_end.saturating_sub(buf_end)).unwrap_or(usize::MAX);
+            self.file.read_append(buf_end, want, &mut self.buf).await?;
+        } else {
+            let want = usize::try_from(want_end.saturating_sub(self.pos)).unwrap_or(usize::MAX);
+            self.buf.clear();
+            self.buf_pos = self.pos;
+            self.file.read_append(self.pos, want, &mut self.buf).await?;
+        }
+        Ok(self.buf_pos + self.buf.len() as u64 >= self.pos + len as u64)
     }
 
     /// The bytes of the batch just returned by `next`.
@@ -111,11 +160,9 @@ impl<'a, F: LogFile> Cursor<'a, F> {
             .unwrap_or_default()
     }
 
-    /// The next batch, `Ok(None)` at `end`, or why the bytes there are not one.
-    pub async fn next(&mut self) -> Result<Result<Option<Found>, ScanStop>, std::io::Error> {
-        if self.pos >= self.end {
-            return Ok(Ok(None));
-        }
+    /// The header of the batch at `pos`, checked against where it lies: its base
+    /// offset is the one expected and its offsets fit the segment.
+    async fn header(&mut self) -> Result<Result<BatchHeader, ScanStop>, std::io::Error> {
         let pos = self.pos;
         let bad = |reason: String| Ok(Err(ScanStop::Bad { pos, reason }));
         if !self.fill(HEADER_LEN).await? {
@@ -136,17 +183,75 @@ impl<'a, F: LogFile> Cursor<'a, F> {
         if header.last_offset() >= self.offset_end {
             return bad("offsets overflow the segment's relative offset range".into());
         }
-        let len = header.length as usize;
-        if pos + len as u64 > self.end || !self.fill(len).await? {
+        if pos + u64::from(header.length) > self.end {
             return bad(BatchError::Truncated {
-                needed: len,
+                needed: header.length as usize,
                 have: (self.end - pos) as usize,
             }
             .to_string());
         }
+        Ok(Ok(header))
+    }
+
+    /// Moves past every batch whose offsets all lie below `offset`, reading only their
+    /// headers (their CRCs are not checked: nothing of them is returned).
+    pub async fn skip_below(
+        &mut self,
+        offset: u64,
+    ) -> Result<Result<(), ScanStop>, std::io::Error> {
+        while self.pos < self.end {
+            let header = match self.header().await? {
+                Ok(h) => h,
+                Err(stop) => return Ok(Err(stop)),
+            };
+            if header.last_offset() >= offset {
+                break;
+            }
+            self.pos += u64::from(header.length);
+            self.expect_offset = header.last_offset() + 1;
+        }
+        Ok(Ok(()))
+    }
+
+    /// The next batch, `Ok(None)` at `end`, or why the bytes there are not one.
+    pub async fn next(&mut self) -> Result<Result<Option<Found>, ScanStop>, std::io::Error> {
+        self.next_within(u64::MAX).await
+    }
+
+    /// Like [`Cursor::next`], but `Ok(None)` also when the next batch would end past
+    /// file position `end` (it is not read).
+    pub async fn next_within(
+        &mut self,
+        end: u64,
+    ) -> Result<Result<Option<Found>, ScanStop>, std::io::Error> {
+        if self.pos >= self.end {
+            return Ok(Ok(None));
+        }
+        let pos = self.pos;
+        let header = match self.header().await? {
+            Ok(h) => h,
+            Err(stop) => return Ok(Err(stop)),
+        };
+        let len = header.length as usize;
+        if pos + len as u64 > end {
+            return Ok(Ok(None));
+        }
+        if !self.fill(len).await? {
+            return Ok(Err(ScanStop::Bad {
+                pos,
+                reason: BatchError::Truncated {
+                    needed: len,
+                    have: (self.end - pos) as usize,
+                }
+                .to_string(),
+            }));
+        }
         let start = (pos - self.buf_pos) as usize;
         if let Err(e) = verify_crc(self.buf.get(start..start + len).unwrap_or_default()) {
-            return bad(e.to_string());
+            return Ok(Err(ScanStop::Bad {
+                pos,
+                reason: e.to_string(),
+            }));
         }
         self.pos += len as u64;
         self.expect_offset = header.last_offset() + 1;

@@ -72,6 +72,15 @@ async fn check_range<F: LogFile>(f: &F, model: &[u8], pos: usize, len: usize) {
     let start = pos.min(model.len());
     let end = pos.saturating_add(len).min(model.len());
     assert_same(&got, &model[start..end], &format!("read_at({pos}, {len})"));
+    // The same range appended after bytes already in the buffer.
+    let mut out = b"kept".to_vec();
+    f.read_append(pos as u64, len, &mut out).await.unwrap();
+    assert_same(&out[..4], b"kept", "read_append keeps what the buffer held");
+    assert_same(
+        &out[4..],
+        &model[start..end],
+        &format!("read_append({pos}, {len})"),
+    );
 }
 
 /// Whole-file, tail, boundary-crossing, random and past-the-end reads.
