@@ -395,7 +395,7 @@ struct Shared {
 }
 
 enum Command {
-    Record(Box<Submitted>),
+    Record(Submitted),
     Flush(oneshot::Sender<()>),
     Close(oneshot::Sender<()>),
 }
@@ -527,7 +527,7 @@ impl Producer {
         };
         shared
             .tx
-            .send(Command::Record(Box::new(submitted)))
+            .send(Command::Record(submitted))
             .map_err(|_| closed_error())?;
         Ok(DeliveryFuture { rx })
     }
@@ -581,7 +581,7 @@ struct Pending {
 /// A record received before its topic's partition count is known.
 struct Waiting {
     seq: u64,
-    submitted: Box<Submitted>,
+    submitted: Submitted,
 }
 
 /// A sealed batch, through its sends and retries.
@@ -699,7 +699,7 @@ struct Driver {
     produce_in_flight: usize,
     next_seq: u64,
     /// Sequence numbers of records taken and not yet resolved.
-    unresolved: BTreeSet<u64>,
+    unresolved: Unresolved,
     /// Flushes waiting for every record below their sequence number.
     flushes: Vec<(u64, oneshot::Sender<()>)>,
     closes: Vec<oneshot::Sender<()>>,
@@ -709,6 +709,53 @@ struct Driver {
     producer_id: ProducerId,
     /// `InitProducer` attempts failed in a row.
     init_failures: u32,
+}
+
+/// The sequence numbers of the records the driver took and has not resolved. They are
+/// taken in increasing order and resolved in any: a window from the lowest unresolved
+/// one, each slot saying whether that record is resolved (O(1) per record, where an
+/// ordered set paid a tree update and an allocation now and then for each).
+#[derive(Debug, Default)]
+struct Unresolved {
+    /// The sequence number of `resolved[0]`: the lowest unresolved one, when any.
+    base: u64,
+    resolved: VecDeque<bool>,
+}
+
+impl Unresolved {
+    /// Adds `seq`, the next sequence number (one past every one added before).
+    fn insert(&mut self, seq: u64) {
+        if self.resolved.is_empty() {
+            self.base = seq;
+        }
+        debug_assert_eq!(seq, self.base + self.resolved.len() as u64);
+        self.resolved.push_back(false);
+    }
+
+    /// Marks `seq` resolved (nothing if it is not unresolved).
+    fn remove(&mut self, seq: u64) {
+        let Some(slot) = seq
+            .checked_sub(self.base)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| self.resolved.get_mut(i))
+        else {
+            return;
+        };
+        *slot = true;
+        while self.resolved.front() == Some(&true) {
+            self.resolved.pop_front();
+            self.base += 1;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.resolved.is_empty()
+    }
+
+    /// The lowest unresolved sequence number.
+    fn first(&self) -> Option<u64> {
+        (!self.resolved.is_empty()).then_some(self.base)
+    }
 }
 
 /// The connection as the producer sees it. After a failure to connect, only one
@@ -753,7 +800,7 @@ impl Driver {
             work: FuturesUnordered::new(),
             produce_in_flight: 0,
             next_seq: 0,
-            unresolved: BTreeSet::new(),
+            unresolved: Unresolved::default(),
             flushes: Vec::new(),
             closes: Vec::new(),
             closing: false,
@@ -823,7 +870,7 @@ impl Driver {
         }
     }
 
-    fn take(&mut self, submitted: Box<Submitted>) {
+    fn take(&mut self, submitted: Submitted) {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.unresolved.insert(seq);
@@ -860,8 +907,8 @@ impl Driver {
             return;
         };
         if t.meta == Meta::Fresh && t.waiting.is_empty() && ready {
-            if let Some(resolved) = push_record(t, now, seq, *submitted) {
-                self.unresolved.remove(&resolved);
+            if let Some(resolved) = push_record(t, now, seq, submitted) {
+                self.unresolved.remove(resolved);
             }
         } else {
             t.waiting.push_back(Waiting { seq, submitted });
@@ -1011,12 +1058,12 @@ impl Driver {
                         .set_producer(ok.producer_id, ok.producer_epoch);
                     if t.meta == Meta::Fresh {
                         while let Some(w) = t.waiting.pop_front() {
-                            resolved.extend(push_record(t, now, w.seq, *w.submitted));
+                            resolved.extend(push_record(t, now, w.seq, w.submitted));
                         }
                     }
                 }
                 for seq in resolved {
-                    self.unresolved.remove(&seq);
+                    self.unresolved.remove(seq);
                 }
             }
             Err(error) => {
@@ -1044,7 +1091,7 @@ impl Driver {
                     failed.extend(t.waiting.drain(..));
                 }
                 for w in failed {
-                    self.unresolved.remove(&w.seq);
+                    self.unresolved.remove(w.seq);
                     let _ = w.submitted.tx.send(Err(DeliveryError {
                         error: error.clone(),
                         outcome: WriteOutcome::Definite,
@@ -1194,7 +1241,7 @@ impl Driver {
                 t.queue.complete(partition, Outcome::Done, None);
                 t.accumulator.release(batch.bytes.len());
                 for (i, pending) in batch.records.into_iter().enumerate() {
-                    self.unresolved.remove(&pending.seq);
+                    self.unresolved.remove(pending.seq);
                     let _ = pending.tx.send(Ok(RecordMetadata {
                         topic: topic.to_string(),
                         partition,
@@ -1300,8 +1347,8 @@ impl Driver {
                 // Records also wait for the producer id (idempotence); they are batched
                 // when it comes.
                 while let Some(w) = ready.then(|| t.waiting.pop_front()).flatten() {
-                    if let Some(resolved) = push_record(t, now, w.seq, *w.submitted) {
-                        self.unresolved.remove(&resolved);
+                    if let Some(resolved) = push_record(t, now, w.seq, w.submitted) {
+                        self.unresolved.remove(resolved);
                     }
                 }
                 for batch in failed {
@@ -1361,7 +1408,7 @@ impl Driver {
             t.restart_sequences(partition);
         }
         for w in waiting {
-            self.unresolved.remove(&w.seq);
+            self.unresolved.remove(w.seq);
             let _ = w.submitted.tx.send(Err(DeliveryError {
                 error: error.clone(),
                 outcome: WriteOutcome::Definite,
@@ -1381,7 +1428,7 @@ impl Driver {
         };
         tracing::debug!(topic, records = batch.records.len(), %error, ?outcome, "batch failed");
         for pending in batch.records {
-            self.unresolved.remove(&pending.seq);
+            self.unresolved.remove(pending.seq);
             let _ = pending.tx.send(Err(DeliveryError {
                 error: error.clone(),
                 outcome,
@@ -1391,7 +1438,7 @@ impl Driver {
     }
 
     fn answer_flushes(&mut self) {
-        let lowest = self.unresolved.first().copied().unwrap_or(u64::MAX);
+        let lowest = self.unresolved.first().unwrap_or(u64::MAX);
         let mut i = 0;
         while i < self.flushes.len() {
             if self
@@ -1480,6 +1527,37 @@ async fn sleep_until(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unresolved_tracks_the_lowest_unresolved_sequence_number() {
+        let mut u = Unresolved::default();
+        assert!(u.is_empty());
+        assert_eq!(u.first(), None);
+        for seq in 5..10 {
+            u.insert(seq);
+        }
+        assert_eq!(u.first(), Some(5));
+        // Out of order: the lowest stays until it resolves, then skips what did.
+        u.remove(7);
+        u.remove(6);
+        assert_eq!(u.first(), Some(5));
+        u.remove(5);
+        assert_eq!(u.first(), Some(8));
+        // Unknown and repeated sequence numbers change nothing.
+        u.remove(3);
+        u.remove(6);
+        u.remove(42);
+        assert_eq!(u.first(), Some(8));
+        u.remove(9);
+        u.remove(8);
+        assert!(u.is_empty());
+        assert_eq!(u.first(), None);
+        // Empty, it restarts at whatever comes next.
+        u.insert(10);
+        assert_eq!(u.first(), Some(10));
+        u.remove(10);
+        assert!(u.is_empty());
+    }
 
     #[test]
     fn config_check_refuses_unusable_values() {

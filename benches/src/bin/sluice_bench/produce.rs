@@ -9,6 +9,7 @@
 //! window slot back. Neither waits on a single record, so nothing serialises the
 //! records of a producer but the window itself.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -209,10 +210,15 @@ async fn send_loop(
         }
         // A full window (or a full SDK buffer) waits here; past the end of the run the
         // wait is cut short.
-        let permit = match tokio::time::timeout_at(deadline, window.clone().acquire_owned()).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(_)) => return (Stop::Stopped, warmup_sent),
-            Err(_) => return (run.end_stop(), warmup_sent),
+        // (A free slot is taken without arming a timer.)
+        let permit = match window.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => match tokio::time::timeout_at(deadline, window.clone().acquire_owned()).await
+            {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => return (Stop::Stopped, warmup_sent),
+                Err(_) => return (run.end_stop(), warmup_sent),
+            },
         };
         let send_ns = match due_ns {
             Some(due) => due,
@@ -239,7 +245,14 @@ async fn send_loop(
             PartitionerArg::Sticky => record,
             PartitionerArg::RoundRobin => record.partition(partition_for(id, seq, run.partitions)),
         };
-        let sent = tokio::time::timeout_at(deadline, producer.send(record)).await;
+        // Most sends find buffer space at once: only one that waits arms the deadline.
+        let send = producer.send(record);
+        tokio::pin!(send);
+        let once = std::future::poll_fn(|cx| std::task::Poll::Ready(send.as_mut().poll(cx))).await;
+        let sent = match once {
+            std::task::Poll::Ready(r) => Ok(r),
+            std::task::Poll::Pending => tokio::time::timeout_at(deadline, send).await,
+        };
         match sent {
             Ok(Ok(delivery)) => {
                 let _ = tx.send(Handed::Sent(InFlight {
