@@ -69,6 +69,8 @@ pub struct ReplicatedPartition<S: Storage> {
     producers: ProducerTable,
     /// What `producers.state` holds: producers whose batches retention deleted.
     retained: ProducerTable,
+    /// The end offset of the log as `open` found it on disk (before this run appended).
+    opened_end: u64,
 }
 
 impl<S: Storage> ReplicatedPartition<S> {
@@ -119,7 +121,9 @@ impl<S: Storage> ReplicatedPartition<S> {
         let mut replica = Replica::open(config, state, log.log_start_offset(), &headers)
             .map_err(|e| EngineError::Corruption(e.to_string()))?;
         replica.set_snapshot_extra(retained.encode_below(u64::MAX));
+        let opened_end = log.next_offset();
         let mut p = ReplicatedPartition {
+            opened_end,
             log,
             replica,
             limits,
@@ -142,6 +146,12 @@ impl<S: Storage> ReplicatedPartition<S> {
             }
         }
         Ok((p, report))
+    }
+
+    /// The end offset of the log when it was opened: everything below was on disk
+    /// before this run (survived a restart), everything above was appended since.
+    pub fn log_end_at_open(&self) -> u64 {
+        self.opened_end
     }
 
     /// The replica, for its status and high watermark.

@@ -313,6 +313,7 @@ impl<P: StorageProvider> Shard<P> {
             leader: status.leader,
             caught_up_at: p.rp.replica().caught_up_at(),
             catching_up: p.rp.replica().is_catching_up(),
+            log_end_at_open: p.rp.log_end_at_open(),
         })
     }
 
@@ -973,6 +974,8 @@ pub struct PartitionStats {
     pub caught_up_at: Option<u64>,
     /// `Replica::is_catching_up`: the vote guard is on.
     pub catching_up: bool,
+    /// `ReplicatedPartition::log_end_at_open`: the log's end when this run opened it.
+    pub log_end_at_open: u64,
 }
 
 /// Reads committed batches from `offset` (never past the high watermark).

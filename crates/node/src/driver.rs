@@ -669,6 +669,7 @@ impl Driver {
                 is_leader: log.is_leader,
                 caught_up_at: log.caught_up_at,
                 catching_up: log.catching_up,
+                log_end_at_open: log.log_end_at_open,
                 produce_requests: c.produce_requests,
                 produce_bytes: c.produce_bytes,
                 fetch_requests: c.fetch_requests,

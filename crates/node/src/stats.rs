@@ -105,6 +105,8 @@ pub struct PartitionStats {
     pub caught_up_at: Option<u64>,
     /// Its vote guard is on (`sluice_replica::Replica::is_catching_up`).
     pub catching_up: bool,
+    /// The end of the local log when this run opened it: what was on disk before.
+    pub log_end_at_open: u64,
 }
 
 /// One shard.

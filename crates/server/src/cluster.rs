@@ -18,7 +18,10 @@
 //!   up (it holds an entry its leader committed in its own term, or it was elected:
 //!   everything committed before lies below it). The
 //!   join point is kept in `<data_dir>/cluster.joined` once learnt; until then, and on
-//!   a node whose controller log predates the file, every such replica is guarded.
+//!   a node whose controller log predates the file, every such replica is guarded. A
+//!   topic whose creation was already in the local controller log when this run
+//!   opened it is not new either: an earlier run made its directory, so a directory
+//!   missing now was lost, not never made ([`is_new_group`]).
 //! - **Node registry.** The configured nodes are registered by the controller leader
 //!   (`RegisterNode`) whenever the state's copy differs from the configuration.
 //! - **Peer links.** Raft frames from the shards go out through `sluice-peer`'s
@@ -95,6 +98,8 @@ pub struct Cluster {
     links: OnceLock<Arc<PeerLinks>>,
     /// The join point (module docs), once known.
     joined: Mutex<Option<u64>>,
+    /// The end of this node's `__cluster/0` log when this run opened it, once asked.
+    controller_end_at_open: Mutex<Option<u64>>,
     /// False once this run cannot learn it: the `__cluster/0` replica was neither
     /// guarded nor caught up when asked (it opened with its state), so it never reports
     /// one, and asking its shard again every pass would be wasted.
@@ -111,10 +116,23 @@ fn load_joined(dir: &std::path::Path) -> Option<u64> {
 }
 
 /// Whether a partition of a topic created at controller offset `created_at` is a new
-/// group for a node that joined at `joined`: its replica, opened without state, then
-/// has nothing to forget.
-pub fn is_new_group(joined: Option<u64>, created_at: u64) -> bool {
+/// group for a node that joined at `joined` and whose controller log ended at
+/// `controller_end_at_open` when this run opened it: its replica, opened without state,
+/// then has nothing to forget. Both must hold:
+/// - the topic was created after the node joined (before that, a node that lost its
+///   disk may have acknowledged its records);
+/// - and this run learnt of it (`created_at` at or past the opened end): a topic whose
+///   creation was already in the local controller log at start was applied by an
+///   earlier run (only durable records are applied), which made the partition's
+///   directory; a directory missing now was lost (removed by hand, say), and its
+///   replica may have acknowledged records.
+pub fn is_new_group(
+    joined: Option<u64>,
+    controller_end_at_open: Option<u64>,
+    created_at: u64,
+) -> bool {
     joined.is_some_and(|j| created_at >= j)
+        && controller_end_at_open.is_some_and(|e| created_at >= e)
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -142,6 +160,7 @@ impl Cluster {
             opened: Mutex::new(BTreeSet::new()),
             links: OnceLock::new(),
             joined: Mutex::new(joined),
+            controller_end_at_open: Mutex::new(None),
             learnable: AtomicBool::new(true),
         }
     }
@@ -174,6 +193,17 @@ impl Cluster {
                 *lock(&self.joined) = Some(at);
             }
             Err(e) => tracing::warn!(error = %e, "cluster: keeping the join point failed"),
+        }
+    }
+
+    /// Asks the shard, once, where this node's `__cluster/0` log ended when this run
+    /// opened it (see [`is_new_group`]).
+    async fn learn_controller_end_at_open(&self) {
+        if lock(&self.controller_end_at_open).is_some() {
+            return;
+        }
+        if let Ok(Some(stats)) = self.engine.partition_stats(&controller_partition()).await {
+            *lock(&self.controller_end_at_open) = Some(stats.log_end_at_open);
         }
     }
 
@@ -286,6 +316,7 @@ impl Cluster {
                     }
                     next = next.max(f.batches.next_offset);
                     self.learn_joined().await;
+                    self.learn_controller_end_at_open().await;
                     self.reconcile().await;
                     self.applied.send_replace(next);
                 }
@@ -323,6 +354,7 @@ impl Cluster {
     async fn reconcile(&self) {
         let (wanted, assigned): (Vec<_>, BTreeSet<TopicPartition>) = {
             let joined = *lock(&self.joined);
+            let opened_end = *lock(&self.controller_end_at_open);
             let state = read(&self.state);
             let mut wanted = Vec::new();
             let mut assigned = BTreeSet::new();
@@ -349,16 +381,19 @@ impl Cluster {
                     log,
                     voters: h.assignment.replicas.clone(),
                     campaign,
-                    new_group: is_new_group(joined, h.topic.created_at),
+                    new_group: is_new_group(joined, opened_end, h.topic.created_at),
                 });
             }
             (wanted, assigned)
         };
         if !wanted.is_empty() {
+            let new_groups: BTreeMap<TopicPartition, bool> =
+                wanted.iter().map(|r| (r.tp.clone(), r.new_group)).collect();
             for (tp, r) in self.engine.open_replicas(wanted).await {
                 match r {
                     Ok(_) | Err(sluice_engine::EngineError::PartitionExists(_)) => {
-                        tracing::info!(%tp, "cluster: replica open");
+                        let new_group = new_groups.get(&tp).copied().unwrap_or(false);
+                        tracing::info!(%tp, new_group, "cluster: replica open");
                         lock(&self.opened).insert(tp);
                     }
                     Err(e) => tracing::error!(%tp, error = %e, "cluster: opening a replica failed"),
@@ -525,5 +560,26 @@ impl PeerHandler for Handler {
                 None => Bytes::new(),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_new_group;
+
+    #[test]
+    fn a_group_is_new_only_when_created_after_the_join_point_and_learnt_this_run() {
+        // Created after the join point, learnt of in this run: new.
+        assert!(is_new_group(Some(3), Some(10), 10));
+        assert!(is_new_group(Some(3), Some(10), 25));
+        // Learnt of in an earlier run (its creation was in the log at open): a missing
+        // directory was lost.
+        assert!(!is_new_group(Some(3), Some(10), 9));
+        // Created before the join point: the node may have held it before its disk
+        // was lost.
+        assert!(!is_new_group(Some(12), Some(10), 11));
+        // Either unknown: guarded.
+        assert!(!is_new_group(None, Some(10), 25));
+        assert!(!is_new_group(Some(3), None, 25));
     }
 }

@@ -582,3 +582,120 @@ async fn a_node_restarted_with_an_empty_data_dir_catches_up() {
         assert_eq!(rest.read_all("wiped", p).await, expected_records(&acked, p));
     }
 }
+
+/// `line` without its ANSI colour sequences (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The `new_group` field of each "replica open" line of `log` for `tp` ("topic/p"),
+/// in order.
+fn opened_as_new(log: &str, tp: &str) -> Vec<bool> {
+    log.lines()
+        .map(strip_ansi)
+        .filter(|l| l.contains("cluster: replica open") && l.contains(tp))
+        .filter_map(|l| {
+            if l.contains("new_group=true") {
+                Some(true)
+            } else if l.contains("new_group=false") {
+                Some(false)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_directory_lost_on_a_node_that_kept_its_join_point_comes_back_guarded() {
+    let mut cluster = TestCluster::start(3, false);
+    let clients = Clients::connect(&cluster).await;
+    clients.create("lost", 1).await;
+    let mut acked = Vec::new();
+    clients
+        .produce_fives("lost", 1, 0..6, "l", &mut acked)
+        .await;
+    // Made in this run, after node 3 joined: a new group, opened without a guard.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while opened_as_new(&cluster.node(3).log_text(), "lost/0").is_empty() {
+        assert!(Instant::now() < deadline, "{}", cluster.node(3).log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        opened_as_new(&cluster.node(3).log_text(), "lost/0"),
+        [true],
+        "{}",
+        cluster.node(3).log_text()
+    );
+    // Node 3 loses that partition's directory only: it keeps `cluster.joined` and its
+    // controller log, which already holds the topic's creation.
+    let status = cluster.node(3).terminate();
+    assert!(status.success(), "{status}");
+    let dir = cluster
+        .node(3)
+        .data_dir()
+        .join("topics")
+        .join("lost")
+        .join("0");
+    assert!(dir.is_dir(), "{dir:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(cluster.node(3).data_dir().join("cluster.joined").exists());
+    cluster.node(3).restart();
+    // The replica it reopens empty may have acknowledged records before: guarded.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while opened_as_new(&cluster.node(3).log_text(), "lost/0").len() < 2 {
+        assert!(Instant::now() < deadline, "{}", cluster.node(3).log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        opened_as_new(&cluster.node(3).log_text(), "lost/0"),
+        [true, false],
+        "{}",
+        cluster.node(3).log_text()
+    );
+    // It still catches up and serves: with node 1 gone, nodes 2 and 3 hold every acked
+    // record.
+    clients
+        .produce_fives("lost", 1, 6..8, "l", &mut acked)
+        .await;
+    let want = expected_records(&acked, 0).len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = cluster
+            .node(3)
+            .admin_get("/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let hw = metric(
+            &page,
+            "sluice_high_watermark",
+            "topic=\"lost\",partition=\"0\"",
+        );
+        if hw == Some(want) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 3 at {hw:?}, want {want}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster.node(1).kill();
+    let mut rest = Clients {
+        by_node: BTreeMap::new(),
+    };
+    for id in [2u32, 3] {
+        rest.by_node.insert(id, clients.by_node[&id].clone());
+    }
+    assert_eq!(rest.read_all("lost", 0).await, expected_records(&acked, 0));
+}
