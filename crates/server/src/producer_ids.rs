@@ -16,8 +16,8 @@
 //!
 //! Every id has epoch 0. Node ids must be below 2^23 (so ids stay positive).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -165,30 +165,21 @@ impl ProducerIds {
         }
     }
 
-    /// Writes `end` durably: temp file, fsync, rename over, fsync the directory.
+    /// Writes `end` durably: temp file, fsync, rename over, fsync the directory
+    /// (`sluice_node::topics::write_atomic`).
     fn store(&self, end: u64) -> Result<(), IdError> {
-        let path = self.path();
-        let tmp = self.dir.join(format!("{FILE}.tmp"));
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| IdError::Io { path, source }
         };
         fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
-        let mut f = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
-        f.write_all(format!("{HEADER}\nnext={end}\n").as_bytes())
-            .map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        drop(f);
-        fs::rename(&tmp, &path).map_err(io(&path))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir))?;
-        Ok(())
+        sluice_node::topics::write_atomic(
+            &self.dir,
+            FILE,
+            &format!("{FILE}.tmp"),
+            format!("{HEADER}\nnext={end}\n").as_bytes(),
+        )
+        .map_err(io(&self.path()))
     }
 }
 
