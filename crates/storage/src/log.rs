@@ -131,6 +131,20 @@ impl LogError {
 /// the index entry it starts from and the offset asked for.
 const FETCH_SKIP_CHUNK_BYTES: usize = 4096;
 
+/// A cursor's answer over the stored range of the segment at `base`, where bytes that
+/// are not a batch are corruption.
+fn stored<T>(base: u64, scanned: io::Result<Result<T, ScanStop>>) -> Result<T, LogError> {
+    let name = || names(base)[0].clone();
+    match scanned.map_err(io_err("read", name()))? {
+        Ok(found) => Ok(found),
+        Err(ScanStop::Bad { pos, reason }) => Err(LogError::Corruption {
+            file: name(),
+            position: pos,
+            reason,
+        }),
+    }
+}
+
 fn io_err(op: &'static str, file: impl Into<String>) -> impl FnOnce(io::Error) -> LogError {
     let file = file.into();
     move |source| LogError::Io { op, file, source }
@@ -619,22 +633,11 @@ impl<S: Storage> PartitionLog<S> {
         let seg = self.segment_for(from);
         let (pos, offset) = seg.seek(from);
         let limits = self.config.limits;
-        let name = || names(seg.base)[0].clone();
         // The batches below `from` between the index entry and it: headers only.
         let mut cursor = seg
             .cursor(&limits, pos, offset)
             .with_chunk(FETCH_SKIP_CHUNK_BYTES);
-        if let Err(ScanStop::Bad { pos, reason }) = cursor
-            .skip_below(from)
-            .await
-            .map_err(io_err("read", name()))?
-        {
-            return Err(LogError::Corruption {
-                file: name(),
-                position: pos,
-                reason,
-            });
-        }
+        stored(seg.base, cursor.skip_below(from).await)?;
         // Then the batches returned, read straight into the buffer that is returned:
         // as much as the budget asks for in one read, the first batch whole.
         let start = cursor.pos();
@@ -643,20 +646,8 @@ impl<S: Storage> PartitionLog<S> {
         let mut kept_end = start;
         loop {
             let within = if out.count == 0 { u64::MAX } else { budget_end };
-            let found = match cursor
-                .next_within(within)
-                .await
-                .map_err(io_err("read", name()))?
-            {
-                Ok(Some(found)) => found,
-                Ok(None) => break,
-                Err(ScanStop::Bad { pos, reason }) => {
-                    return Err(LogError::Corruption {
-                        file: name(),
-                        position: pos,
-                        reason,
-                    })
-                }
+            let Some(found) = stored(seg.base, cursor.next_within(within).await)? else {
+                break;
             };
             if found.header.base_offset >= end {
                 break;
@@ -667,7 +658,7 @@ impl<S: Storage> PartitionLog<S> {
         }
         out.bytes = cursor.take_kept(kept_end).ok_or_else(|| LogError::Io {
             op: "read",
-            file: name(),
+            file: names(seg.base)[0].clone(),
             source: io::Error::other("the fetched batches are not in the read buffer"),
         })?;
         Ok(out)
@@ -720,15 +711,7 @@ impl<S: Storage> PartitionLog<S> {
         cursor: &mut Cursor<'_, S::File>,
         seg: &Segment<S>,
     ) -> Result<Option<Found>, LogError> {
-        let name = || names(seg.base)[0].clone();
-        match cursor.next().await.map_err(io_err("read", name()))? {
-            Ok(found) => Ok(found),
-            Err(ScanStop::Bad { pos, reason }) => Err(LogError::Corruption {
-                file: name(),
-                position: pos,
-                reason,
-            }),
-        }
+        stored(seg.base, cursor.next().await)
     }
 
     fn segment_for(&self, offset: u64) -> &Segment<S> {
@@ -1086,23 +1069,10 @@ async fn recompute_max_timestamp<S: Storage>(
         None => (0, seg.base),
     };
     let mut cursor = seg.cursor(limits, pos, offset);
-    loop {
-        match cursor
-            .next()
-            .await
-            .map_err(io_err("read", names(seg.base)[0].clone()))?
-        {
-            Ok(Some(found)) => max = max.max(found.header.max_timestamp),
-            Ok(None) => return Ok(max),
-            Err(ScanStop::Bad { pos, reason }) => {
-                return Err(LogError::Corruption {
-                    file: names(seg.base)[0].clone(),
-                    position: pos,
-                    reason,
-                })
-            }
-        }
+    while let Some(found) = stored(seg.base, cursor.next().await)? {
+        max = max.max(found.header.max_timestamp);
     }
+    Ok(max)
 }
 
 async fn create_segment<S: Storage>(
