@@ -165,15 +165,25 @@ impl Cluster {
         }
     }
 
-    /// Learns the join point from this node's `__cluster/0` replica, once it reports
-    /// one (it started empty and heard a leader), and keeps it.
-    async fn learn_joined(&self) {
-        if lock(&self.joined).is_some() || !self.learnable.load(Ordering::Relaxed) {
+    /// Learns from this node's `__cluster/0` replica, with one stats request while
+    /// either is unknown: where its log ended when this run opened it (see
+    /// [`is_new_group`]), and the join point, once it reports one (it started empty and
+    /// heard a leader), which is kept.
+    async fn learn_from_controller_replica(&self) {
+        let want_join = lock(&self.joined).is_none() && self.learnable.load(Ordering::Relaxed);
+        let want_end = lock(&self.controller_end_at_open).is_none();
+        if !want_join && !want_end {
             return;
         }
         let Ok(Some(stats)) = self.engine.partition_stats(&controller_partition()).await else {
             return;
         };
+        if want_end {
+            *lock(&self.controller_end_at_open) = Some(stats.log_end_at_open);
+        }
+        if !want_join {
+            return;
+        }
         let Some(at) = stats.caught_up_at else {
             if !stats.catching_up {
                 self.learnable.store(false, Ordering::Relaxed);
@@ -193,17 +203,6 @@ impl Cluster {
                 *lock(&self.joined) = Some(at);
             }
             Err(e) => tracing::warn!(error = %e, "cluster: keeping the join point failed"),
-        }
-    }
-
-    /// Asks the shard, once, where this node's `__cluster/0` log ended when this run
-    /// opened it (see [`is_new_group`]).
-    async fn learn_controller_end_at_open(&self) {
-        if lock(&self.controller_end_at_open).is_some() {
-            return;
-        }
-        if let Ok(Some(stats)) = self.engine.partition_stats(&controller_partition()).await {
-            *lock(&self.controller_end_at_open) = Some(stats.log_end_at_open);
         }
     }
 
@@ -315,8 +314,7 @@ impl Cluster {
                         }
                     }
                     next = next.max(f.batches.next_offset);
-                    self.learn_joined().await;
-                    self.learn_controller_end_at_open().await;
+                    self.learn_from_controller_replica().await;
                     self.reconcile().await;
                     self.applied.send_replace(next);
                 }

@@ -22,6 +22,16 @@ struct Clients {
 }
 
 impl Clients {
+    /// The clients of nodes `ids` only.
+    fn only(&self, ids: &[u32]) -> Clients {
+        Clients {
+            by_node: ids
+                .iter()
+                .map(|id| (*id, self.by_node[id].clone()))
+                .collect(),
+        }
+    }
+
     async fn connect(c: &TestCluster) -> Clients {
         let mut by_node = BTreeMap::new();
         for a in &c.addrs {
@@ -334,12 +344,7 @@ async fn an_isolated_minority_accepts_no_writes() {
     // It answered (NotLeader or RequestTimedOut), it did not just go silent.
     assert!(refused > 0, "{attempts} attempts, none answered");
     // The majority elects a new leader for the partition and takes writes.
-    let mut majority = Clients {
-        by_node: BTreeMap::new(),
-    };
-    for id in [1u32, 2] {
-        majority.by_node.insert(id, clients.by_node[&id].clone());
-    }
+    let majority = clients.only(&[1, 2]);
     majority
         .produce("split", p3, &["after".to_owned()])
         .await
@@ -514,6 +519,47 @@ fn metric(page: &str, name: &str, labels: &str) -> Option<u64> {
         .map(|v| v as u64)
 }
 
+/// Waits (30 s at most) until node `node`'s high watermark of each of `topic`'s
+/// `partitions` counts every record of `acked` there: it caught up.
+async fn catch_up(
+    cluster: &mut TestCluster,
+    node: u64,
+    topic: &str,
+    partitions: u32,
+    acked: &[(u32, u64, Vec<String>)],
+) {
+    let want: BTreeMap<u32, u64> = (0..partitions)
+        .map(|p| (p, expected_records(acked, p).len() as u64))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = cluster
+            .node(node)
+            .admin_get("/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let got: BTreeMap<u32, u64> = (0..partitions)
+            .filter_map(|p| {
+                metric(
+                    &page,
+                    "sluice_high_watermark",
+                    &format!("topic=\"{topic}\",partition=\"{p}\""),
+                )
+                .map(|v| (p, v))
+            })
+            .collect();
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {node} did not catch up: {got:?}, want {want:?}\n{}",
+            cluster.node(node).log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_with_an_empty_data_dir_catches_up() {
     let mut cluster = TestCluster::start(3, false);
@@ -536,44 +582,10 @@ async fn a_node_restarted_with_an_empty_data_dir_catches_up() {
     // Node 3 learns the topic from the controller log, reopens its replicas empty and
     // is brought up to date by their leaders: its committed end matches every acked
     // record.
-    let want: BTreeMap<u32, u64> = (0..2)
-        .map(|p| (p, expected_records(&acked, p).len() as u64))
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let page = cluster
-            .node(3)
-            .admin_get("/metrics")
-            .map(|(_, b)| b)
-            .unwrap_or_default();
-        let got: BTreeMap<u32, u64> = (0..2)
-            .filter_map(|p| {
-                metric(
-                    &page,
-                    "sluice_high_watermark",
-                    &format!("topic=\"wiped\",partition=\"{p}\""),
-                )
-                .map(|v| (p, v))
-            })
-            .collect();
-        if got == want {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node 3 did not catch up: {got:?}, want {want:?}\n{}",
-            cluster.node(3).log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    catch_up(&mut cluster, 3, "wiped", 2, &acked).await;
     // And it holds the data: with node 1 gone, nodes 2 and 3 serve every acked record.
     cluster.node(1).kill();
-    let mut rest = Clients {
-        by_node: BTreeMap::new(),
-    };
-    for id in [2u32, 3] {
-        rest.by_node.insert(id, clients.by_node[&id].clone());
-    }
+    let rest = clients.only(&[2, 3]);
     rest.produce("wiped", 0, &["after".to_owned()])
         .await
         .map(|base| acked.push((0, base, vec!["after".to_owned()])))
@@ -619,6 +631,27 @@ fn opened_as_new(log: &str, tp: &str) -> Vec<bool> {
         .collect()
 }
 
+/// Waits (`within` at most) until node `node` has logged `count` "replica open" lines
+/// for `tp`, and returns their `new_group` fields.
+async fn opens(
+    cluster: &mut TestCluster,
+    node: u64,
+    tp: &str,
+    count: usize,
+    within: Duration,
+) -> Vec<bool> {
+    let deadline = Instant::now() + within;
+    loop {
+        let log = cluster.node(node).log_text();
+        let opened = opened_as_new(&log, tp);
+        if opened.len() >= count {
+            return opened;
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_directory_lost_on_a_node_that_kept_its_join_point_comes_back_guarded() {
     let mut cluster = TestCluster::start(3, false);
@@ -629,13 +662,8 @@ async fn a_partition_directory_lost_on_a_node_that_kept_its_join_point_comes_bac
         .produce_fives("lost", 1, 0..6, "l", &mut acked)
         .await;
     // Made in this run, after node 3 joined: a new group, opened without a guard.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while opened_as_new(&cluster.node(3).log_text(), "lost/0").is_empty() {
-        assert!(Instant::now() < deadline, "{}", cluster.node(3).log_text());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     assert_eq!(
-        opened_as_new(&cluster.node(3).log_text(), "lost/0"),
+        opens(&mut cluster, 3, "lost/0", 1, Duration::from_secs(10)).await,
         [true],
         "{}",
         cluster.node(3).log_text()
@@ -644,24 +672,17 @@ async fn a_partition_directory_lost_on_a_node_that_kept_its_join_point_comes_bac
     // controller log, which already holds the topic's creation.
     let status = cluster.node(3).terminate();
     assert!(status.success(), "{status}");
-    let dir = cluster
-        .node(3)
-        .data_dir()
-        .join("topics")
-        .join("lost")
-        .join("0");
+    let dir = sluice_node::topics::partition_dir(
+        cluster.node(3).data_dir(),
+        &sluice_engine::TopicPartition::new("lost".to_owned(), 0),
+    );
     assert!(dir.is_dir(), "{dir:?}");
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(cluster.node(3).data_dir().join("cluster.joined").exists());
     cluster.node(3).restart();
     // The replica it reopens empty may have acknowledged records before: guarded.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while opened_as_new(&cluster.node(3).log_text(), "lost/0").len() < 2 {
-        assert!(Instant::now() < deadline, "{}", cluster.node(3).log_text());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     assert_eq!(
-        opened_as_new(&cluster.node(3).log_text(), "lost/0"),
+        opens(&mut cluster, 3, "lost/0", 2, Duration::from_secs(20)).await,
         [true, false],
         "{}",
         cluster.node(3).log_text()
@@ -671,31 +692,8 @@ async fn a_partition_directory_lost_on_a_node_that_kept_its_join_point_comes_bac
     clients
         .produce_fives("lost", 1, 6..8, "l", &mut acked)
         .await;
-    let want = expected_records(&acked, 0).len() as u64;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let page = cluster
-            .node(3)
-            .admin_get("/metrics")
-            .map(|(_, b)| b)
-            .unwrap_or_default();
-        let hw = metric(
-            &page,
-            "sluice_high_watermark",
-            "topic=\"lost\",partition=\"0\"",
-        );
-        if hw == Some(want) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "node 3 at {hw:?}, want {want}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    catch_up(&mut cluster, 3, "lost", 1, &acked).await;
     cluster.node(1).kill();
-    let mut rest = Clients {
-        by_node: BTreeMap::new(),
-    };
-    for id in [2u32, 3] {
-        rest.by_node.insert(id, clients.by_node[&id].clone());
-    }
+    let rest = clients.only(&[2, 3]);
     assert_eq!(rest.read_all("lost", 0).await, expected_records(&acked, 0));
 }
