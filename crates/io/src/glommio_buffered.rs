@@ -149,12 +149,13 @@ impl LogFile for BufferedLogFile {
         let end = pos.saturating_add(len as u64).min(self.len);
         let want = usize::try_from(end.saturating_sub(pos))
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "read too large"))?;
-        let goal = out.len() + want;
+        let base = out.len();
+        let goal = base + want;
         out.try_reserve_exact(want)
             .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "read buffer"))?;
         self.read_resident(pos, goal, out)?;
         while out.len() < goal {
-            let at = pos + (want - (goal - out.len())) as u64;
+            let at = pos + (out.len() - base) as u64;
             let got = self.file.read_at(at, goal - out.len()).await?;
             if got.is_empty() {
                 return Err(io::Error::new(
