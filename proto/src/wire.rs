@@ -511,6 +511,17 @@ pub fn decode_request<'a>(
 ) -> Result<(RequestHeader, Request, &'a [u8]), FrameError> {
     let (header_bytes, payload) =
         split_header(frame, limits.frame_bytes_max, limits.header_bytes_max)?;
+    let (header, request) = decode_request_header(header_bytes, payload.len(), limits)?;
+    Ok((header, request, payload))
+}
+
+/// The request header and body from a frame's header bytes, checked against a payload
+/// of `payload_len` bytes.
+fn decode_request_header(
+    header_bytes: &[u8],
+    payload_len: usize,
+    limits: &FrameLimits,
+) -> Result<(RequestHeader, Request), FrameError> {
     if let Some(version) = header_bytes.first_chunk::<2>() {
         let version = u16::from_le_bytes(*version);
         if version != API_VERSION {
@@ -519,8 +530,53 @@ pub fn decode_request<'a>(
     }
     let (header, request): (RequestHeader, Request) =
         decode_header(header_bytes, limits.header_bytes_max as usize)?;
-    check_request(&header, &request, payload.len(), limits)?;
-    Ok((header, request, payload))
+    check_request(&header, &request, payload_len, limits)?;
+    Ok((header, request))
+}
+
+/// How many bytes of a request frame (after its prefix) [`decode_request_head`] needs
+/// in front of the payload, read off the frame's first bytes: `None` while fewer than
+/// `HEADER_LEN_BYTES` are there, or when the header length they give exceeds
+/// `limits.header_bytes_max` or does not fit in `frame_len` (such a frame does not
+/// decode: keep it whole and let [`decode_request`] say why).
+pub fn request_head_len(first: &[u8], frame_len: usize, limits: &FrameLimits) -> Option<usize> {
+    let header_len = u32::from_le_bytes(*first.first_chunk::<HEADER_LEN_BYTES>()?);
+    if header_len > limits.header_bytes_max {
+        return None;
+    }
+    let head = HEADER_LEN_BYTES + header_len as usize;
+    (head <= frame_len).then_some(head)
+}
+
+/// [`decode_request`] for a frame received in two buffers: `head`, its first
+/// [`request_head_len`] bytes, and the payload after them, of which only the length is
+/// needed (so a receiver can read the payload straight into its own buffer and hand
+/// it on without moving it). Decides exactly what `decode_request` decides for the
+/// whole frame. A `head` of any other length is decoded as the whole frame when
+/// `payload_len` is 0, and refused as truncated otherwise.
+pub fn decode_request_head(
+    head: &[u8],
+    payload_len: usize,
+    limits: &FrameLimits,
+) -> Result<(RequestHeader, Request), FrameError> {
+    if payload_len == 0 {
+        return decode_request(head, limits).map(|(h, r, _)| (h, r));
+    }
+    let len = head.len().saturating_add(payload_len);
+    if request_head_len(head, len, limits) != Some(head.len()) {
+        return Err(FrameError::Truncated {
+            needed: head.len() + 1,
+            have: head.len(),
+        });
+    }
+    if len > limits.frame_bytes_max as usize {
+        return Err(FrameError::TooLarge {
+            len,
+            max: limits.frame_bytes_max as usize,
+        });
+    }
+    let header_bytes = head.get(HEADER_LEN_BYTES..).unwrap_or_default();
+    decode_request_header(header_bytes, payload_len, limits)
 }
 
 /// Encodes a whole response frame, length prefix included: what a broker writes before

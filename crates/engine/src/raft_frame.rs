@@ -7,7 +7,7 @@
 //! protobuf, [`sluice_replica::encode_message`]). Decoding is bounded by the frame's
 //! own length and refuses trailing bytes; it never panics on input.
 
-use sluice_replica::{decode_message, encode_message, Message};
+use sluice_replica::{decode_message, encode_message_into, encoded_message_len, Message};
 use thiserror::Error;
 
 use crate::TopicPartition;
@@ -25,23 +25,33 @@ pub enum RaftFrameError {
     BadMessage(String),
 }
 
-/// Encodes `messages` (all to the same peer) as one frame.
+/// Encodes `messages` (all to the same peer) as one frame: sized first, then each
+/// message written straight into it (entries carry whole batches: no second copy).
 pub fn encode(messages: &[(TopicPartition, Message)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 * messages.len() + 4);
+    // Topic names are at most 249 bytes (validated on creation).
+    fn topic(tp: &TopicPartition) -> &[u8] {
+        let t = tp.topic.as_bytes();
+        t.get(..t.len().min(u16::MAX as usize)).unwrap_or(t)
+    }
+    let size = 4 + messages
+        .iter()
+        .map(|(tp, m)| 2 + topic(tp).len() + 4 + 4 + encoded_message_len(m))
+        .sum::<usize>();
+    // One byte of slack: rust-protobuf's writer reserves one spare byte after each
+    // message, which at an exact fit would reallocate (and copy) the whole frame.
+    let mut out = Vec::with_capacity(size + 1);
     out.extend_from_slice(&(messages.len() as u32).to_le_bytes());
     for (tp, m) in messages {
-        let topic = tp.topic.as_bytes();
-        // Topic names are at most 249 bytes (validated on creation).
-        out.extend_from_slice(&(topic.len().min(u16::MAX as usize) as u16).to_le_bytes());
-        out.extend_from_slice(
-            topic
-                .get(..topic.len().min(u16::MAX as usize))
-                .unwrap_or(topic),
-        );
+        let topic = topic(tp);
+        out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
+        out.extend_from_slice(topic);
         out.extend_from_slice(&tp.partition.to_le_bytes());
-        let bytes = encode_message(m);
-        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        out.extend_from_slice(&bytes);
+        let at = out.len();
+        out.extend_from_slice(&0u32.to_le_bytes());
+        let len = encode_message_into(m, &mut out) as u32;
+        if let Some(field) = out.get_mut(at..at + 4) {
+            field.copy_from_slice(&len.to_le_bytes());
+        }
     }
     out
 }
@@ -113,6 +123,34 @@ mod tests {
         let frame = encode(&msgs);
         assert_eq!(decode(&frame).unwrap(), msgs);
         assert_eq!(decode(&encode(&[])).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn messages_with_entries_keep_the_layout_and_their_bytes() {
+        let mut append = msg(3, 5);
+        append.set_msg_type(MessageType::MsgAppend);
+        for (i, len) in [0usize, 1, 300, 70_000].into_iter().enumerate() {
+            append.entries.push(sluice_replica::Entry {
+                index: 10 + i as u64,
+                term: 5,
+                data: (0..len).map(|b| b as u8).collect::<Vec<u8>>().into(),
+                ..Default::default()
+            });
+        }
+        let msgs = vec![
+            (TopicPartition::new("orders", 3), append.clone()),
+            (TopicPartition::new("b", 1), msg(3, 5)),
+        ];
+        let frame = encode(&msgs);
+        // The documented layout, field by field, for the first message.
+        let body = sluice_replica::encode_message(&append);
+        assert_eq!(&frame[..4], &2u32.to_le_bytes());
+        assert_eq!(&frame[4..6], &6u16.to_le_bytes());
+        assert_eq!(&frame[6..12], b"orders");
+        assert_eq!(&frame[12..16], &3u32.to_le_bytes());
+        assert_eq!(&frame[16..20], &(body.len() as u32).to_le_bytes());
+        assert_eq!(&frame[20..20 + body.len()], &body[..]);
+        assert_eq!(decode(&frame).unwrap(), msgs);
     }
 
     #[test]

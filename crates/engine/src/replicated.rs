@@ -483,19 +483,12 @@ impl<S: Storage> ReplicatedPartition<S> {
                 for b in batches {
                     let header =
                         BatchHeader::parse(&b, &self.limits).map_err(EngineError::InvalidBatch)?;
-                    let want = header.base_offset;
-                    let mut bytes = b.to_vec();
-                    let at = self
-                        .log
-                        .append(&mut bytes, now_ms)
+                    // The replica stamped the offset; the log checks it and writes the
+                    // entry's bytes as they are.
+                    self.log
+                        .append_placed(&b, now_ms)
                         .await
                         .map_err(EngineError::from_log)?;
-                    if at.base_offset != want {
-                        return Err(EngineError::Corruption(format!(
-                            "replica placed a batch at {want} but the log appended it at {}",
-                            at.base_offset
-                        )));
-                    }
                     self.producers.appended(&header);
                 }
             }

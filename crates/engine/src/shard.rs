@@ -163,6 +163,8 @@ impl EngineError {
             e @ LogError::Io { .. } => Self::StorageFailed(e.to_string()),
             e @ LogError::Corruption { .. } => Self::Corruption(e.to_string()),
             LogError::Config(what) => Self::InvalidConfig(what),
+            // Only a replica places batches itself: its log and the log on disk disagree.
+            e @ LogError::Misplaced { .. } => Self::Corruption(format!("replica: {e}")),
         }
     }
 }

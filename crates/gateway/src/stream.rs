@@ -25,10 +25,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use quinn::{ReadError, ReadExactError, RecvStream, SendStream, VarInt, WriteError};
 use sluice_proto::wire::{
-    decode_request, encode_response, encode_response_head, read_frame_len, request_id_hint,
-    ErrorBody, ErrorCode, FrameError, RequestKind, Response, ResponseHeader,
-    CONNECTION_ERROR_SHUTDOWN, FRAME_LEN_BYTES, STREAM_ERROR_CANCELLED, STREAM_ERROR_MALFORMED,
-    STREAM_ERROR_TIMEOUT,
+    decode_request_head, encode_response, encode_response_head, read_frame_len, request_head_len,
+    request_id_hint, ErrorBody, ErrorCode, FrameError, RequestKind, Response, ResponseHeader,
+    CONNECTION_ERROR_SHUTDOWN, FRAME_LEN_BYTES, HEADER_LEN_BYTES, STREAM_ERROR_CANCELLED,
+    STREAM_ERROR_MALFORMED, STREAM_ERROR_TIMEOUT,
 };
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -41,7 +41,11 @@ enum ReadOutcome {
     /// A whole frame (after its prefix), the stream finished right after it, with the
     /// budget it claimed.
     Frame {
-        frame: Vec<u8>,
+        /// The frame's header length and header ([`request_head_len`] bytes), or the
+        /// whole frame when that does not decode.
+        head: Vec<u8>,
+        /// The rest of the frame: the payload.
+        payload: Vec<u8>,
         _permits: Permits,
     },
     /// The frame is bad; answer `error`. `stop`: the stream still has unread bytes.
@@ -107,8 +111,12 @@ pub(crate) async fn serve<S: Service>(
         () = until_not_running(&mut phase) => ReadOutcome::Draining,
     };
     match outcome {
-        ReadOutcome::Frame { frame, _permits } => {
-            dispatch(&ctx, send, frame, _permits, phase).await;
+        ReadOutcome::Frame {
+            head,
+            payload,
+            _permits,
+        } => {
+            dispatch(&ctx, send, head, payload, _permits, phase).await;
         }
         ReadOutcome::Answer {
             error,
@@ -204,25 +212,50 @@ async fn read_request<S>(ctx: &ConnCtx<S>, recv: &mut RecvStream) -> ReadOutcome
         _gateway: gateway,
     };
 
-    // Capacity is reserved, not touched: pages are committed as bytes arrive.
-    let mut frame = Vec::new();
-    if frame.try_reserve_exact(len).is_err() {
-        tracing::warn!(len, "cannot allocate a request frame");
-        return ReadOutcome::Lost;
-    }
-    while frame.len() < len {
-        match recv.read_chunk(len - frame.len(), true).await {
+    // The frame arrives in two buffers: its head (header length and header), then the
+    // payload, read straight into the buffer the service takes over (no second copy).
+    // A head whose header length does not decode keeps the whole frame, for
+    // `decode_request` to refuse. Capacity is reserved, not touched: pages are
+    // committed as bytes arrive.
+    let limits = ctx.shared.limits();
+    let mut head = Vec::new();
+    let mut head_len = None;
+    let mut payload = Vec::new();
+    while head.len() + payload.len() < len {
+        let want = match head_len {
+            Some(h) if head.len() >= h => len - h - payload.len(),
+            Some(h) => h - head.len(),
+            None => HEADER_LEN_BYTES.saturating_sub(head.len()).max(1),
+        };
+        match recv.read_chunk(want, true).await {
             Ok(Some(chunk)) => {
                 stats.bytes_in(chunk.bytes.len());
-                frame.extend_from_slice(&chunk.bytes);
+                if head_len.is_some_and(|h| head.len() >= h) {
+                    payload.extend_from_slice(&chunk.bytes);
+                    continue;
+                }
+                head.extend_from_slice(&chunk.bytes);
+                if head_len.is_none() && head.len() >= HEADER_LEN_BYTES {
+                    let h = request_head_len(&head, len, limits).unwrap_or(len);
+                    head_len = Some(h);
+                    let reserved = if h < len {
+                        payload.try_reserve_exact(len - h)
+                    } else {
+                        head.try_reserve_exact(len - head.len())
+                    };
+                    if reserved.is_err() {
+                        tracing::warn!(len, "cannot allocate a request frame");
+                        return ReadOutcome::Lost;
+                    }
+                }
             }
             Ok(None) => {
                 return ReadOutcome::Answer {
                     error: FrameError::Truncated {
                         needed: FRAME_LEN_BYTES + len,
-                        have: FRAME_LEN_BYTES + frame.len(),
+                        have: FRAME_LEN_BYTES + head.len() + payload.len(),
                     },
-                    request_id: request_id_hint(&frame).unwrap_or(0),
+                    request_id: request_id_hint(&head).unwrap_or(0),
                     stop: false,
                 }
             }
@@ -238,7 +271,7 @@ async fn read_request<S>(ctx: &ConnCtx<S>, recv: &mut RecvStream) -> ReadOutcome
                 stats.bytes_in(chunk.bytes.len());
                 return ReadOutcome::Answer {
                     error: FrameError::TrailingBytes,
-                    request_id: request_id_hint(&frame).unwrap_or(0),
+                    request_id: request_id_hint(&head).unwrap_or(0),
                     stop: true,
                 };
             }
@@ -246,7 +279,8 @@ async fn read_request<S>(ctx: &ConnCtx<S>, recv: &mut RecvStream) -> ReadOutcome
         }
     }
     ReadOutcome::Frame {
-        frame,
+        head,
+        payload,
         _permits: permits,
     }
 }
@@ -263,16 +297,17 @@ fn is_garbage(e: &FrameError) -> bool {
 async fn dispatch<S: Service>(
     ctx: &ConnCtx<S>,
     mut send: SendStream,
-    frame: Vec<u8>,
+    head: Vec<u8>,
+    payload: Vec<u8>,
     permits: Permits,
     mut phase: tokio::sync::watch::Receiver<Phase>,
 ) {
     let stats = &ctx.shared.stats;
     let limits = ctx.shared.limits();
-    let (header, request, payload_len) = match decode_request(&frame, limits) {
-        Ok((header, request, payload)) => (header, request, payload.len()),
+    let (header, request) = match decode_request_head(&head, payload.len(), limits) {
+        Ok(decoded) => decoded,
         Err(error) => {
-            let request_id = request_id_hint(&frame).unwrap_or(0);
+            let request_id = request_id_hint(&head).unwrap_or(0);
             tracing::debug!(request_id, %error, "undecodable request");
             answer_error(ctx, &mut send, request_id, error.to_error_body()).await;
             if is_garbage(&error) {
@@ -281,16 +316,7 @@ async fn dispatch<S: Service>(
             return;
         }
     };
-    // The payload is the frame's tail; hand it over without a second buffer.
-    let payload = if payload_len == 0 {
-        drop(frame);
-        Vec::new()
-    } else {
-        let mut frame = frame;
-        let start = frame.len().saturating_sub(payload_len);
-        frame.drain(..start);
-        frame
-    };
+    drop(head);
 
     let _drain = ctx.shared.drain.enter();
     if *phase.borrow_and_update() != Phase::Running {

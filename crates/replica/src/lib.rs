@@ -19,8 +19,9 @@ mod store;
 
 pub use raft::eraftpb::{Entry, Message, MessageType};
 pub use replica::{
-    decode_message, encode_message, Acks, Action, Produced, ProposeError, Replica, ReplicaConfig,
-    ReplicaError, ReplicaStatus, ReplyError, StoredBatch, Write,
+    decode_message, encode_message, encode_message_into, encoded_message_len, Acks, Action,
+    Produced, ProposeError, Replica, ReplicaConfig, ReplicaError, ReplicaStatus, ReplyError,
+    StoredBatch, Write,
 };
 pub use state::{PersistentState, StateError};
 pub use store::LogStore;

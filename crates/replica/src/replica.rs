@@ -760,6 +760,20 @@ impl Replica {
         }
         let term = self.raw.raft.term;
         let before = self.raw.raft.raft_log.last_index();
+        // With nothing proposed and not yet persisted, this entry lands at the log's
+        // end: stamp its offset and term now, in the buffer we own, so that
+        // `persist_entries` takes the entry as it is instead of stamping a copy (it
+        // checks both fields and still copies when they do not match).
+        let mut batch = batch;
+        let store = self.raw.store();
+        if before == store.last() {
+            let offset = store.end_offset();
+            if set_base_offset(&mut batch, offset).is_err()
+                || set_leader_term(&mut batch, term).is_err()
+            {
+                return Err(ProposeError::Invalid("batch header too short".into()));
+            }
+        }
         let result = self.raw.propose(Vec::new(), batch);
         let index = self.raw.raft.raft_log.last_index();
         let outcome = match result {
@@ -1333,6 +1347,22 @@ fn sanitize(msg: &mut Message, last_index: u64) -> Result<(), ReplicaError> {
 /// Encodes a Raft message for the wire.
 pub fn encode_message(msg: &Message) -> Vec<u8> {
     msg.write_to_bytes().unwrap_or_default()
+}
+
+/// [`encode_message`] appended to `out` (no intermediate buffer); returns the bytes
+/// appended. A message that does not encode appends nothing, as `encode_message`
+/// returns nothing for it.
+pub fn encode_message_into(msg: &Message, out: &mut Vec<u8>) -> usize {
+    let at = out.len();
+    if msg.write_to_vec(out).is_err() {
+        out.truncate(at);
+    }
+    out.len() - at
+}
+
+/// The length of [`encode_message`]'s bytes for `msg`.
+pub fn encoded_message_len(msg: &Message) -> usize {
+    msg.compute_size() as usize
 }
 
 /// Decodes a Raft message from the wire.

@@ -118,6 +118,10 @@ pub enum LogError {
     /// The configuration is inconsistent.
     #[error("bad log config: {0}")]
     Config(&'static str),
+    /// [`PartitionLog::append_placed`] got a batch placed at another offset than the
+    /// log's next one; nothing was written.
+    #[error("batch placed at offset {base_offset} but the log's next offset is {expected}")]
+    Misplaced { base_offset: u64, expected: u64 },
 }
 
 impl LogError {
@@ -456,6 +460,32 @@ impl<S: Storage> PartitionLog<S> {
     pub async fn append(&mut self, batch: &mut [u8], now_ms: i64) -> Result<Appended, LogError> {
         self.check_writable()?;
         let header = *BatchView::parse(batch, &self.config.limits)?.header();
+        self.roll_if_due(&header, now_ms).await?;
+        set_base_offset(batch, self.next_offset())?;
+        self.append_checked(batch, &header, now_ms).await
+    }
+
+    /// [`PartitionLog::append`] for a batch whose base offset is already the one the log
+    /// would assign (a replica's entry, stamped when it was proposed): validated the
+    /// same way, appended without being copied or rewritten. A batch placed at any
+    /// other offset is refused ([`LogError::Misplaced`]) and nothing is written.
+    pub async fn append_placed(&mut self, batch: &[u8], now_ms: i64) -> Result<Appended, LogError> {
+        self.check_writable()?;
+        let header = *BatchView::parse(batch, &self.config.limits)?.header();
+        let expected = self.next_offset();
+        if header.base_offset != expected {
+            return Err(LogError::Misplaced {
+                base_offset: header.base_offset,
+                expected,
+            });
+        }
+        self.roll_if_due(&header, now_ms).await?;
+        self.append_checked(batch, &header, now_ms).await
+    }
+
+    /// Rolls the active segment first when `header`'s batch would not fit in it or the
+    /// segment is old.
+    async fn roll_if_due(&mut self, header: &BatchHeader, now_ms: i64) -> Result<(), LogError> {
         let count = u64::from(header.record_count);
         let len = u64::from(header.length);
         let active = self.active();
@@ -470,8 +500,19 @@ impl<S: Storage> PartitionLog<S> {
         if !active.is_empty() && (full || old) {
             self.roll().await?;
         }
+        Ok(())
+    }
+
+    /// Appends a validated batch whose base offset is the log's next offset.
+    async fn append_checked(
+        &mut self,
+        batch: &[u8],
+        header: &BatchHeader,
+        now_ms: i64,
+    ) -> Result<Appended, LogError> {
+        let count = u64::from(header.record_count);
+        let len = u64::from(header.length);
         let base_offset = self.next_offset();
-        set_base_offset(batch, base_offset)?;
         let interval = self.config.index_interval_bytes;
         let seg = self.active_mut();
         let pos = seg.size();
@@ -485,7 +526,7 @@ impl<S: Storage> PartitionLog<S> {
         }
         seg.push_index_if_due(pos, interval)
             .map_err(io_err("index", names(seg.base)[1].clone()))?;
-        seg.note_appended(&header_with_base(&header, base_offset), now_ms);
+        seg.note_appended(&header_with_base(header, base_offset), now_ms);
         self.stats.batches_appended += 1;
         self.stats.bytes_appended += len;
         Ok(Appended {

@@ -132,6 +132,52 @@ fn invalid_batches_are_refused_and_store_nothing() {
 }
 
 #[test]
+fn placed_batches_are_written_as_given_and_misplaced_ones_refused() {
+    let fs = MemFs::new();
+    let mut log = open(&fs);
+    block_on(log.append(&mut batch(0, 3, 10, 0), 0)).unwrap();
+    // A batch stamped with the log's next offset goes in byte for byte, across rolls.
+    let mut placed = Vec::new();
+    for tag in 1..40u64 {
+        let mut b = batch(tag, 2, 200, 0);
+        sluice_proto::set_base_offset(&mut b, log.next_offset()).unwrap();
+        let at = block_on(log.append_placed(&b, 0)).unwrap();
+        assert_eq!(at.base_offset, 3 + 2 * (tag - 1));
+        placed.extend_from_slice(&b);
+    }
+    assert!(log.segment_count() > 1);
+    // Anywhere else, or invalid: refused, and nothing is written.
+    let end = log.next_offset();
+    for wrong in [0, end - 1, end + 1, end + 1000] {
+        let mut b = batch(99, 2, 10, 0);
+        sluice_proto::set_base_offset(&mut b, wrong).unwrap();
+        assert!(matches!(
+            block_on(log.append_placed(&b, 0)),
+            Err(LogError::Misplaced { base_offset, expected }) if base_offset == wrong && expected == end
+        ));
+    }
+    let mut bad = batch(98, 2, 10, 0);
+    sluice_proto::set_base_offset(&mut bad, end).unwrap();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    assert!(matches!(
+        block_on(log.append_placed(&bad, 0)),
+        Err(LogError::InvalidBatch(_))
+    ));
+    assert_eq!(log.next_offset(), end);
+    // What reads back is exactly what was placed.
+    let mut stored = Vec::new();
+    let mut at = 3;
+    while at < end {
+        let read = block_on(log.read(at, 1 << 20)).unwrap();
+        assert!(read.count > 0);
+        at = read.next_offset;
+        stored.extend_from_slice(&read.bytes);
+    }
+    assert_eq!(stored, placed);
+}
+
+#[test]
 fn sync_moves_the_durable_watermark_and_a_crash_keeps_exactly_that() {
     let fs = MemFs::new();
     let mut log = open(&fs);

@@ -1698,6 +1698,34 @@ proptest! {
         let _ = decode_response(&frame, &LIMITS);
     }
 
+    /// A receiver that splits the frame where `request_head_len` says (head, then the
+    /// payload read into its own buffer) gets exactly `decode_request`'s decision: for
+    /// valid requests, for mutated ones, and for arbitrary bytes.
+    #[test]
+    fn decoding_the_head_apart_decides_what_decoding_the_frame_decides(
+        h in request_header(),
+        r in request(),
+        edits in vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        noise in vec(any::<u8>(), 0..300),
+        use_noise in any::<bool>(),
+    ) {
+        let frame = if use_noise {
+            noise
+        } else {
+            let payload: &[u8] = if r.has_payload() { &[7; 64] } else { &[] };
+            let mut f = encode_request(&h, &r, payload, &LIMITS).unwrap()[4..].to_vec();
+            for (at, byte) in edits {
+                let i = at.index(f.len());
+                f[i] = byte;
+            }
+            f
+        };
+        let whole = decode_request(&frame, &LIMITS).map(|(h, r, _)| (h, r));
+        let split = request_head_len(&frame, frame.len(), &LIMITS).unwrap_or(frame.len());
+        let (head, payload) = frame.split_at(split);
+        prop_assert_eq!(decode_request_head(head, payload.len(), &LIMITS), whole);
+    }
+
     /// A valid request frame with bytes changed: decoding never panics, and whatever still
     /// decodes re-encodes to exactly the same bytes (the encoding is canonical).
     #[test]
