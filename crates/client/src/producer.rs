@@ -1013,9 +1013,14 @@ impl Driver {
             let acks = self.config.acks;
             let timeout_ms = self.config.request_timeout_ms;
             self.work.push(Box::pin(async move {
+                // The batch's buffer goes to QUIC as it is and comes back for a retry
+                // (a copy only if QUIC still holds the chunk, unacknowledged).
+                let mut batch = batch;
+                let bytes = bytes::Bytes::from(std::mem::take(&mut batch.bytes));
                 let result = client
-                    .produce(&topic, partition, &batch.bytes, acks, timeout_ms)
+                    .produce_bytes(&topic, partition, &bytes, acks, timeout_ms)
                     .await;
+                batch.bytes = Vec::from(bytes);
                 Done::Produce {
                     topic,
                     partition,

@@ -588,16 +588,18 @@ impl Client {
         request: Request,
         payload: &[u8],
     ) -> Result<(Response, Vec<u8>), ClientError> {
-        let (response, payload) = self.request_bytes(request, payload).await?;
+        let (response, payload) = self
+            .request_bytes(request, &Bytes::copy_from_slice(payload))
+            .await?;
         Ok((response, Vec::from(payload)))
     }
 
-    /// [`Client::request`], with the response payload a slice of the response frame as
-    /// it was read (no copy).
+    /// [`Client::request`], the request payload handed to QUIC as it is and the response
+    /// payload a slice of the response frame as it was read (no copy either way).
     async fn request_bytes(
         &self,
         request: Request,
-        payload: &[u8],
+        payload: &Bytes,
     ) -> Result<(Response, Bytes), ClientError> {
         let prepared = self.prepare(&request, payload)?;
         match request.partition() {
@@ -645,7 +647,7 @@ impl Client {
     async fn to_any(
         &self,
         prepared: &Prepared,
-        payload: &[u8],
+        payload: &Bytes,
     ) -> Result<(Response, Bytes), ClientError> {
         let mut tried: Vec<String> = Vec::new();
         // The first node's failure: what the caller gets when no other node does better
@@ -697,7 +699,7 @@ impl Client {
         topic: &str,
         partition: u32,
         prepared: &Prepared,
-        payload: &[u8],
+        payload: &Bytes,
     ) -> Result<(Response, Bytes), ClientError> {
         // (The routes lock is released at the end of this statement: `refresh` and
         // `pick_any` take it again.)
@@ -858,7 +860,8 @@ impl Client {
             let Ok(probe) = self.prepare(&request, &[]) else {
                 continue;
             };
-            let answer = tokio::time::timeout(LEADER_PROBE, self.request_on(&other, &probe, &[]));
+            let none = Bytes::new();
+            let answer = tokio::time::timeout(LEADER_PROBE, self.request_on(&other, &probe, &none));
             if let Ok(Ok((Response::Metadata(Ok(meta)), _))) = answer.await {
                 let leader = meta
                     .topics
@@ -936,7 +939,7 @@ impl Client {
         &self,
         addr: &str,
         prepared: &Prepared,
-        payload: &[u8],
+        payload: &Bytes,
     ) -> Result<(Response, Bytes), ClientError> {
         let sent = AtomicBool::new(false);
         self.request_on_tracked(addr, prepared, payload, &sent)
@@ -948,7 +951,7 @@ impl Client {
         &self,
         addr: &str,
         prepared: &Prepared,
-        payload: &[u8],
+        payload: &Bytes,
         sent: &AtomicBool,
     ) -> Result<(Response, Bytes), ClientError> {
         let node = self.node(addr);
@@ -975,7 +978,7 @@ impl Client {
         &self,
         node: &NodeConnection,
         prepared: &Prepared,
-        payload: &[u8],
+        payload: &Bytes,
         sent: &AtomicBool,
     ) -> Result<(Response, Bytes), ClientError> {
         let Prepared {
@@ -999,7 +1002,8 @@ impl Client {
         let written = async {
             stream.send.write_all(head).await?;
             if !payload.is_empty() {
-                stream.send.write_all(payload).await?;
+                // QUIC keeps the chunk (a reference) until it is acknowledged: no copy.
+                stream.send.write_chunk(payload.clone()).await?;
             }
             Ok::<(), WriteError>(())
         }
@@ -1211,13 +1215,33 @@ impl Client {
         acks: Acks,
         timeout_ms: u32,
     ) -> Result<ProduceOk, ClientError> {
+        self.produce_bytes(
+            topic,
+            partition,
+            &Bytes::copy_from_slice(batch),
+            acks,
+            timeout_ms,
+        )
+        .await
+    }
+
+    /// [`Client::produce`] with the batch handed to QUIC as it is (the producer's path:
+    /// a batch is sent, and retried, without being copied).
+    pub(crate) async fn produce_bytes(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: &Bytes,
+        acks: Acks,
+        timeout_ms: u32,
+    ) -> Result<ProduceOk, ClientError> {
         let request = Request::Produce {
             topic: topic.to_owned(),
             partition,
             acks,
             timeout_ms,
         };
-        let (response, _) = self.request(request, batch).await?;
+        let (response, _) = self.request_bytes(request, batch).await?;
         unpack!(response, Produce)
     }
 
@@ -1241,7 +1265,7 @@ impl Client {
             max_bytes,
             max_wait_ms,
         };
-        let (response, payload) = self.request_bytes(request, &[]).await?;
+        let (response, payload) = self.request_bytes(request, &Bytes::new()).await?;
         let ok = unpack!(response, Fetch)?;
         Ok((ok, payload))
     }
