@@ -174,6 +174,58 @@ async fn a_truncated_frame_gets_an_error_response() {
     h.assert_healthy().await;
 }
 
+/// The gateway reads a frame's head (header length + header) and its payload into two
+/// buffers. A header length that is over the limit or runs past the frame keeps the
+/// whole frame in the head, and one that splits it in the wrong place leaves a header
+/// that does not decode: either way the frame is refused with the code the whole frame
+/// would get, the payload behind it is read and dropped, and nothing is dispatched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_header_length_in_front_of_a_payload_is_refused() {
+    let h = Harness::start();
+    let raw = h.raw().await;
+    let full = frame(
+        43,
+        &Request::Produce {
+            topic: "t".into(),
+            partition: 0,
+            acks: Acks::All,
+            timeout_ms: 100,
+        },
+        &batch_of(1000),
+    );
+    let body_len = full.len() - 4;
+    let real = u32::from_le_bytes(full[4..8].try_into().unwrap());
+    for header_len in [
+        FrameLimits::DEFAULT.header_bytes_max + 1,
+        body_len as u32,
+        u32::MAX,
+        0,
+        real - 1,
+        real + 1,
+    ] {
+        let mut lying = full.clone();
+        lying[4..8].copy_from_slice(&header_len.to_le_bytes());
+        let answer = raw_exchange(&raw, &lying, true).await;
+        let (_, body) = error_of(&answer);
+        // Over the header limit: too large; otherwise it does not decode.
+        let expected = if header_len > FrameLimits::DEFAULT.header_bytes_max {
+            ErrorCode::FrameTooLarge
+        } else {
+            ErrorCode::InvalidRequest
+        };
+        assert_eq!(body.code, expected, "header length {header_len}: {body:?}");
+    }
+    assert_eq!(h.broker.handled.load(Ordering::SeqCst), 0);
+    // The connection still serves a well-formed produce, payload and all.
+    let answer = raw_exchange(&raw, &full, true).await;
+    assert!(
+        matches!(answer, RawAnswer::Response(ref header, _) if header.request_id == 43),
+        "{answer:?}"
+    );
+    assert_eq!(h.broker.handled.load(Ordering::SeqCst), 1);
+    h.assert_healthy().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_request_variant_gets_an_error_with_its_id() {
     let h = Harness::start();
