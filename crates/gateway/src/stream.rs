@@ -215,22 +215,23 @@ async fn read_request<S>(ctx: &ConnCtx<S>, recv: &mut RecvStream) -> ReadOutcome
     // The frame arrives in two buffers: its head (header length and header), then the
     // payload, read straight into the buffer the service takes over (no second copy).
     // A head whose header length does not decode keeps the whole frame, for
-    // `decode_request` to refuse. Capacity is reserved, not touched: pages are
+    // `decode_request_head` to refuse as `decode_request` would. Capacity is reserved, not touched: pages are
     // committed as bytes arrive.
     let limits = ctx.shared.limits();
     let mut head = Vec::new();
     let mut head_len = None;
     let mut payload = Vec::new();
     while head.len() + payload.len() < len {
+        let in_payload = head_len.is_some_and(|h| head.len() >= h);
         let want = match head_len {
-            Some(h) if head.len() >= h => len - h - payload.len(),
+            _ if in_payload => len - head.len() - payload.len(),
             Some(h) => h - head.len(),
             None => HEADER_LEN_BYTES.saturating_sub(head.len()).max(1),
         };
         match recv.read_chunk(want, true).await {
             Ok(Some(chunk)) => {
                 stats.bytes_in(chunk.bytes.len());
-                if head_len.is_some_and(|h| head.len() >= h) {
+                if in_payload {
                     payload.extend_from_slice(&chunk.bytes);
                     continue;
                 }

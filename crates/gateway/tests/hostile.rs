@@ -143,12 +143,10 @@ async fn a_huge_length_prefix_is_refused_before_allocating() {
     h.assert_healthy().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_truncated_frame_gets_an_error_response() {
-    let h = Harness::start();
-    let raw = h.raw().await;
-    let full = frame(
-        42,
+/// A produce request frame (topic "t", partition 0) with a 1000-byte batch.
+fn produce_frame(request_id: u64) -> Vec<u8> {
+    frame(
+        request_id,
         &Request::Produce {
             topic: "t".into(),
             partition: 0,
@@ -156,7 +154,14 @@ async fn a_truncated_frame_gets_an_error_response() {
             timeout_ms: 100,
         },
         &batch_of(1000),
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_frame_gets_an_error_response() {
+    let h = Harness::start();
+    let raw = h.raw().await;
+    let full = produce_frame(42);
     for cut in [2, 4, 9, 30, full.len() - 1] {
         let answer = raw_exchange(&raw, &full[..cut], true).await;
         let (id, body) = error_of(&answer);
@@ -183,16 +188,7 @@ async fn a_truncated_frame_gets_an_error_response() {
 async fn a_lying_header_length_in_front_of_a_payload_is_refused() {
     let h = Harness::start();
     let raw = h.raw().await;
-    let full = frame(
-        43,
-        &Request::Produce {
-            topic: "t".into(),
-            partition: 0,
-            acks: Acks::All,
-            timeout_ms: 100,
-        },
-        &batch_of(1000),
-    );
+    let full = produce_frame(43);
     let body_len = full.len() - 4;
     let real = u32::from_le_bytes(full[4..8].try_into().unwrap());
     for header_len in [

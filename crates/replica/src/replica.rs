@@ -8,7 +8,7 @@ use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Message
 use raft::{RawNode, StateRole};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use sluice_proto::batch::{set_base_offset, set_leader_term, BatchHeader, Limits};
+use sluice_proto::batch::{set_base_offset, set_leader_term, BatchError, BatchHeader, Limits};
 use thiserror::Error;
 
 use crate::state::{LogStart, Marker, MarkerKind, Membership, PersistentState};
@@ -738,7 +738,7 @@ impl Replica {
     pub fn handle_propose(
         &mut self,
         token: u64,
-        batch: Vec<u8>,
+        mut batch: Vec<u8>,
         acks: Acks,
     ) -> Result<(), ProposeError> {
         if let Some(f) = &self.failed {
@@ -764,15 +764,10 @@ impl Replica {
         // end: stamp its offset and term now, in the buffer we own, so that
         // `persist_entries` takes the entry as it is instead of stamping a copy (it
         // checks both fields and still copies when they do not match).
-        let mut batch = batch;
         let store = self.raw.store();
         if before == store.last() {
-            let offset = store.end_offset();
-            if set_base_offset(&mut batch, offset).is_err()
-                || set_leader_term(&mut batch, term).is_err()
-            {
-                return Err(ProposeError::Invalid("batch header too short".into()));
-            }
+            stamp(&mut batch, store.end_offset(), term)
+                .map_err(|e| ProposeError::Invalid(e.to_string()))?;
         }
         let result = self.raw.propose(Vec::new(), batch);
         let index = self.raw.raft.raft_log.last_index();
@@ -1176,8 +1171,7 @@ impl Replica {
                 e.data.clone()
             } else {
                 let mut v = e.data.to_vec();
-                set_base_offset(&mut v, offset).map_err(|err| err.to_string())?;
-                set_leader_term(&mut v, e.term).map_err(|err| err.to_string())?;
+                stamp(&mut v, offset, e.term).map_err(|err| err.to_string())?;
                 Bytes::from(v)
             };
             let len = bytes.len();
@@ -1363,6 +1357,14 @@ pub fn encode_message_into(msg: &Message, out: &mut Vec<u8>) -> usize {
 /// The length of [`encode_message`]'s bytes for `msg`.
 pub fn encoded_message_len(msg: &Message) -> usize {
     msg.compute_size() as usize
+}
+
+/// Writes the broker-owned header fields of an entry's batch: the base offset it takes
+/// in the partition log and the term of the leader that appended it (neither is covered
+/// by the CRC).
+fn stamp(batch: &mut [u8], offset: u64, term: u64) -> Result<(), BatchError> {
+    set_base_offset(batch, offset)?;
+    set_leader_term(batch, term)
 }
 
 /// Decodes a Raft message from the wire.
