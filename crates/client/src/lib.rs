@@ -14,7 +14,9 @@
 //!   buffer, per-partition ordered send queue, retry policy) and the cached partition
 //!   counts. [`Producer::send`] waits for buffer space (backpressure) and returns a
 //!   [`DeliveryFuture`] that resolves to the record's [`RecordMetadata`] or to a
-//!   [`DeliveryError`] saying whether the record may be in the log anyway.
+//!   [`DeliveryError`] saying whether the record may be in the log anyway;
+//!   [`Producer::send_with`] hands the same outcome to a callback instead (run on the
+//!   background task: no future per record, for senders that do not await each one).
 //! - [`consumer`]: [`Client::consumer`] fetches the partitions it is assigned, with one
 //!   long-polling fetch in flight per partition, and hands out records in offset order
 //!   per partition ([`Consumer::next`], [`Consumer::poll`], or as a

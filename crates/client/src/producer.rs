@@ -350,7 +350,7 @@ impl std::error::Error for DeliveryError {
 #[derive(Debug)]
 #[must_use = "a record's outcome is only known through its delivery future"]
 pub struct DeliveryFuture {
-    rx: oneshot::Receiver<Result<RecordMetadata, DeliveryError>>,
+    rx: oneshot::Receiver<Delivery>,
 }
 
 impl Future for DeliveryFuture {
@@ -361,16 +361,74 @@ impl Future for DeliveryFuture {
             Poll::Ready(Ok(result)) => Poll::Ready(result),
             // The driver resolves every record it took; it only drops one if its task
             // died (the runtime shut down). The record may have been sent.
-            Poll::Ready(Err(_)) => Poll::Ready(Err(DeliveryError {
-                error: ClientError::ConnectionLost {
-                    reason: "the producer stopped before the record's outcome was known".to_owned(),
-                    outcome: WriteOutcome::Indeterminate,
-                },
-                outcome: WriteOutcome::Indeterminate,
-                attempts: 0,
-            })),
+            Poll::Ready(Err(_)) => Poll::Ready(Err(stopped_error())),
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// What a record whose outcome was never decided resolves to: the driver dropped it,
+/// which only happens when its task died (the runtime shut down). It may have been sent.
+fn stopped_error() -> DeliveryError {
+    DeliveryError {
+        error: ClientError::ConnectionLost {
+            reason: "the producer stopped before the record's outcome was known".to_owned(),
+            outcome: WriteOutcome::Indeterminate,
+        },
+        outcome: WriteOutcome::Indeterminate,
+        attempts: 0,
+    }
+}
+
+/// A record's outcome, as its delivery future or callback receives it.
+type Delivery = Result<RecordMetadata, DeliveryError>;
+
+/// A delivery callback ([`Producer::send_with`]).
+type Callback = Box<dyn FnOnce(Delivery) + Send>;
+
+/// Where a record's outcome goes: its delivery future, or its callback. Resolved once;
+/// dropped unresolved (the driver's task died), a callback still hears
+/// [`stopped_error`], as a delivery future does from its closed channel.
+struct Reply(Option<ReplyTo>);
+
+enum ReplyTo {
+    Future(oneshot::Sender<Delivery>),
+    Callback(Callback),
+}
+
+impl Reply {
+    fn resolve(mut self, delivery: Delivery) {
+        match self.0.take() {
+            Some(ReplyTo::Future(tx)) => {
+                // A dropped delivery future wants no answer.
+                let _ = tx.send(delivery);
+            }
+            Some(ReplyTo::Callback(callback)) => run_callback(callback, delivery),
+            None => {}
+        }
+    }
+
+    /// Forgets the reply without resolving it: the caller reports the failure itself.
+    fn defuse(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Some(ReplyTo::Callback(callback)) = self.0.take() {
+            run_callback(callback, Err(stopped_error()));
+        }
+    }
+}
+
+/// Runs a delivery callback on the driver's task. A panic in it is the caller's bug; it
+/// is logged and must not stop the producer (whose other records would then never
+/// resolve) where panics unwind.
+fn run_callback(callback: Callback, delivery: Delivery) {
+    let run = std::panic::AssertUnwindSafe(move || callback(delivery));
+    if std::panic::catch_unwind(run).is_err() {
+        tracing::error!("a producer's delivery callback panicked");
     }
 }
 
@@ -403,7 +461,7 @@ enum Command {
 struct Submitted {
     record: ProducerRecord,
     timestamp: i64,
-    tx: oneshot::Sender<Result<RecordMetadata, DeliveryError>>,
+    tx: Reply,
     permit: OwnedSemaphorePermit,
 }
 
@@ -456,6 +514,33 @@ impl Producer {
     /// invalid, or the record breaks a batch limit (key, value, header sizes or count,
     /// or the whole record larger than `batch_limits.batch_bytes_max`).
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(record, ReplyTo::Future(tx)).await?;
+        Ok(DeliveryFuture { rx })
+    }
+
+    /// Queues `record` as [`send`](Self::send) does (the same backpressure, order and
+    /// refusals), and hands its outcome to `callback` instead of a delivery future: the
+    /// offset once acknowledged, or the error once it failed for good. Cheaper than a
+    /// future per record for a sender that does not await each one (Kafka's
+    /// `send(record, callback)`).
+    ///
+    /// `callback` runs exactly once if this returns `Ok`, never if it returns `Err`.
+    /// It runs on the producer's background task, the records of one batch in their
+    /// order: keep it short and never block in it (send the outcome on a channel, count
+    /// it), or every record behind it waits. A panic in it is logged; with
+    /// `panic = "abort"` it ends the process.
+    pub async fn send_with<F>(&self, record: ProducerRecord, callback: F) -> Result<(), ClientError>
+    where
+        F: FnOnce(Result<RecordMetadata, DeliveryError>) + Send + 'static,
+    {
+        self.submit(record, ReplyTo::Callback(Box::new(callback)))
+            .await
+    }
+
+    async fn submit(&self, record: ProducerRecord, reply: ReplyTo) -> Result<(), ClientError> {
+        // `reply` becomes a `Reply` only once the record is queued: until then a refusal
+        // is this call's error, and a dropped (cancelled) call resolves nothing.
         let shared = &self.shared;
         if shared.closed.load(Ordering::Acquire) {
             return Err(closed_error());
@@ -518,18 +603,21 @@ impl Producer {
             .acquire_many_owned(permits)
             .await
             .map_err(|_| closed_error())?;
-        let (tx, rx) = oneshot::channel();
         let submitted = Submitted {
             record,
             timestamp,
-            tx,
+            tx: Reply(Some(reply)),
             permit,
         };
-        shared
-            .tx
-            .send(Command::Record(submitted))
-            .map_err(|_| closed_error())?;
-        Ok(DeliveryFuture { rx })
+        match shared.tx.send(Command::Record(submitted)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendError(command)) => {
+                if let Command::Record(submitted) = command {
+                    submitted.tx.defuse();
+                }
+                Err(closed_error())
+            }
+        }
     }
 
     /// Sends every record queued before this call without waiting for linger, and waits
@@ -573,7 +661,7 @@ struct Pending {
     /// When the driver took the record (its clock), for the delivery timeout.
     taken_ms: i64,
     timestamp: i64,
-    tx: oneshot::Sender<Result<RecordMetadata, DeliveryError>>,
+    tx: Reply,
     /// Buffer space, given back when the record is resolved.
     _permit: OwnedSemaphorePermit,
 }
@@ -1097,7 +1185,7 @@ impl Driver {
                 }
                 for w in failed {
                     self.unresolved.remove(w.seq);
-                    let _ = w.submitted.tx.send(Err(DeliveryError {
+                    w.submitted.tx.resolve(Err(DeliveryError {
                         error: error.clone(),
                         outcome: WriteOutcome::Definite,
                         attempts: 0,
@@ -1247,7 +1335,7 @@ impl Driver {
                 t.accumulator.release(batch.bytes.len());
                 for (i, pending) in batch.records.into_iter().enumerate() {
                     self.unresolved.remove(pending.seq);
-                    let _ = pending.tx.send(Ok(RecordMetadata {
+                    pending.tx.resolve(Ok(RecordMetadata {
                         topic: topic.to_string(),
                         partition,
                         offset: ok.base_offset + i as u64,
@@ -1414,7 +1502,7 @@ impl Driver {
         }
         for w in waiting {
             self.unresolved.remove(w.seq);
-            let _ = w.submitted.tx.send(Err(DeliveryError {
+            w.submitted.tx.resolve(Err(DeliveryError {
                 error: error.clone(),
                 outcome: WriteOutcome::Definite,
                 attempts: 0,
@@ -1434,7 +1522,7 @@ impl Driver {
         tracing::debug!(topic, records = batch.records.len(), %error, ?outcome, "batch failed");
         for pending in batch.records {
             self.unresolved.remove(pending.seq);
-            let _ = pending.tx.send(Err(DeliveryError {
+            pending.tx.resolve(Err(DeliveryError {
                 error: error.clone(),
                 outcome,
                 attempts: batch.failures,
@@ -1470,8 +1558,8 @@ fn push_record(t: &mut TopicState, now: i64, seq: u64, submitted: Submitted) -> 
         tx,
         permit,
     } = submitted;
-    let refuse = |tx: oneshot::Sender<_>, reason| {
-        let _ = tx.send(Err(DeliveryError {
+    let refuse = |tx: Reply, reason| {
+        tx.resolve(Err(DeliveryError {
             error: invalid(reason),
             outcome: WriteOutcome::Definite,
             attempts: 0,
@@ -1532,6 +1620,57 @@ async fn sleep_until(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn callback_reply(seen: &Arc<std::sync::Mutex<Vec<Delivery>>>) -> Reply {
+        let seen = Arc::clone(seen);
+        Reply(Some(ReplyTo::Callback(Box::new(move |d| {
+            seen.lock().unwrap().push(d);
+        }))))
+    }
+
+    #[test]
+    fn a_callback_reply_runs_once_when_resolved_dropped_or_not_at_all_when_defused() {
+        let meta = RecordMetadata {
+            topic: "t".to_owned(),
+            partition: 1,
+            offset: 7,
+            timestamp: 0,
+        };
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        callback_reply(&seen).resolve(Ok(meta.clone()));
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        assert_eq!(seen.lock().unwrap()[0].as_ref().unwrap(), &meta);
+        // Dropped unresolved (the driver's task died): it hears that the outcome is unknown.
+        drop(callback_reply(&seen));
+        {
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.len(), 2);
+            let error = seen[1].as_ref().unwrap_err();
+            assert_eq!(error.outcome, WriteOutcome::Indeterminate);
+        }
+        // Defused (the call returned the refusal itself): never runs.
+        callback_reply(&seen).defuse();
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_panicking_callback_does_not_unwind_into_the_driver() {
+        // (Under `panic = "abort"` this would end the process; tests unwind.)
+        let reply = Reply(Some(ReplyTo::Callback(Box::new(|_| panic!("user bug")))));
+        reply.resolve(Err(stopped_error()));
+    }
+
+    #[test]
+    fn a_future_reply_resolves_its_delivery_future() {
+        let (tx, rx) = oneshot::channel();
+        Reply(Some(ReplyTo::Future(tx))).resolve(Err(stopped_error()));
+        let got = futures_util::FutureExt::now_or_never(DeliveryFuture { rx }).unwrap();
+        assert_eq!(got.unwrap_err().outcome, WriteOutcome::Indeterminate);
+        let (tx, rx) = oneshot::channel::<Delivery>();
+        drop(Reply(Some(ReplyTo::Future(tx))));
+        let got = futures_util::FutureExt::now_or_never(DeliveryFuture { rx }).unwrap();
+        assert_eq!(got.unwrap_err().outcome, WriteOutcome::Indeterminate);
+    }
 
     #[test]
     fn unresolved_tracks_the_lowest_unresolved_sequence_number() {

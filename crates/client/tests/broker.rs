@@ -723,3 +723,129 @@ async fn send_waits_for_buffer_space_and_flush_sends_lingering_batches() {
         Some(Some(vec![9u8; 400].into()))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_callbacks_run_once_per_record_with_the_offset_it_was_written_at() {
+    const RECORDS: u64 = 2_000;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path().join("data"));
+    let client = broker.client().await;
+    create(&client, "callbacks", 4).await;
+    let producer = client.producer(ProducerConfig::default()).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for id in 0..RECORDS {
+        let tx = tx.clone();
+        producer
+            .send_with(ProducerRecord::new("callbacks", value_of(id)), move |r| {
+                let _ = tx.send((id, r));
+            })
+            .await
+            .unwrap();
+    }
+    // Refused before it is queued: the error is the call's, the callback never runs.
+    let tx_refused = tx.clone();
+    let refused = producer
+        .send_with(
+            ProducerRecord::new("callbacks", b"x".to_vec()).partition(u32::MAX),
+            move |r| {
+                let _ = tx_refused.send((u64::MAX, r));
+            },
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(ClientError::InvalidRequest(_))),
+        "{refused:?}"
+    );
+    // Refused by the driver (the topic has no partition 9): the callback hears it.
+    let tx_bad = tx.clone();
+    producer
+        .send_with(
+            ProducerRecord::new("callbacks", b"y".to_vec()).partition(9),
+            move |r| {
+                let _ = tx_bad.send((RECORDS, r));
+            },
+        )
+        .await
+        .unwrap();
+    producer.close().await;
+    drop(tx);
+    let mut by_id: HashMap<u64, Result<RecordMetadata, sluice_client::DeliveryError>> =
+        HashMap::new();
+    while let Some((id, r)) = rx.recv().await {
+        assert!(
+            by_id.insert(id, r).is_none(),
+            "record {id}'s callback ran twice"
+        );
+    }
+    assert_eq!(
+        by_id.len() as u64,
+        RECORDS + 1,
+        "one callback per queued record"
+    );
+    let bad = by_id.remove(&RECORDS).unwrap();
+    assert!(
+        matches!(&bad, Err(e) if e.is_definite()),
+        "a record for a missing partition fails definitely: {bad:?}"
+    );
+    let mut at: HashMap<(u32, u64), u64> = HashMap::new();
+    for (id, r) in by_id {
+        let meta = r.unwrap_or_else(|e| panic!("record {id}: {e}"));
+        assert_eq!(meta.topic, "callbacks");
+        assert!(at.insert((meta.partition, meta.offset), id).is_none());
+    }
+    let records = read_all(&client, "callbacks", 4, RECORDS as usize).await;
+    assert_eq!(records.len() as u64, RECORDS);
+    for record in &records {
+        assert_eq!(
+            at.get(&(record.partition, record.offset)),
+            Some(&id_of(record)),
+            "partition {} offset {}",
+            record.partition,
+            record.offset
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_with_cancelled_while_it_waits_for_buffer_space_never_runs_its_callback() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path().join("data"));
+    let client = broker.client().await;
+    create(&client, "cancelled", 1).await;
+    let producer = client
+        .producer(ProducerConfig {
+            buffer_bytes_max: 4_096,
+            linger_ms: 60_000,
+            acks: Acks::Leader,
+            ..ProducerConfig::default()
+        })
+        .unwrap();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let record = |i: u64| ProducerRecord::new("cancelled", vec![i as u8; 400]);
+    for i in 0..8 {
+        let calls = Arc::clone(&calls);
+        producer
+            .send_with(record(i), move |r| {
+                calls.lock().unwrap().push((i, r.is_ok()))
+            })
+            .await
+            .unwrap();
+    }
+    // The buffer is full (60 s linger): the 9th waits, and is given up on.
+    let ninth = {
+        let calls = Arc::clone(&calls);
+        producer.send_with(record(8), move |r| {
+            calls.lock().unwrap().push((8, r.is_ok()))
+        })
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), ninth)
+            .await
+            .is_err(),
+        "the 9th send must wait for buffer space"
+    );
+    producer.close().await;
+    let mut calls = calls.lock().unwrap().clone();
+    calls.sort_unstable();
+    assert_eq!(calls, (0..8).map(|i| (i, true)).collect::<Vec<_>>());
+}
