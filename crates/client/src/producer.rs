@@ -529,7 +529,30 @@ impl Producer {
     /// It runs on the producer's background task, the records of one batch in their
     /// order: keep it short and never block in it (send the outcome on a channel, count
     /// it), or every record behind it waits. A panic in it is logged; with
-    /// `panic = "abort"` it ends the process.
+    /// `panic = "abort"` it ends the process. Dropping the returned future before it
+    /// completes (while it waits for buffer space) queues nothing and drops `callback`
+    /// unrun.
+    ///
+    /// ```no_run
+    /// # async fn demo(producer: sluice_client::Producer) -> Result<(), sluice_client::ClientError> {
+    /// use sluice_client::ProducerRecord;
+    /// let (tx, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
+    /// for i in 0..1000u32 {
+    ///     let tx = tx.clone();
+    ///     let record = ProducerRecord::new("events", i.to_string());
+    ///     producer.send_with(record, move |outcome| { let _ = tx.send((i, outcome)); }).await?;
+    /// }
+    /// drop(tx);
+    /// producer.flush().await;
+    /// while let Some((i, outcome)) = outcomes.recv().await {
+    ///     match outcome {
+    ///         Ok(meta) => println!("{i} at {}/{}", meta.partition, meta.offset),
+    ///         Err(e) => eprintln!("{i} failed: {e}"),
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn send_with<F>(&self, record: ProducerRecord, callback: F) -> Result<(), ClientError>
     where
         F: FnOnce(Result<RecordMetadata, DeliveryError>) + Send + 'static,
