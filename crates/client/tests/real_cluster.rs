@@ -10,9 +10,14 @@ use sluice_client::wire::{Acks, ErrorCode, TopicConfig};
 use sluice_client::{Client, ClientError, ClientOptions, ClientTls};
 use sluice_proto::{batches, Limits};
 use sluice_test_support::cluster::{expected_records, values_batch, TestCluster};
+use sluice_test_support::eventually;
 
 const TOPIC: &str = "routed";
 const PARTITIONS: u32 = 3;
+/// How long the cluster may take to elect and create.
+const SETTLE: Duration = Duration::from_secs(30);
+/// How often a test looks again while it waits for the cluster.
+const POLL: Duration = Duration::from_millis(100);
 
 /// Produces with the retry a producer would do: retriable errors again after a short
 /// pause. Retrying an indeterminate failure is safe here only because of how the test
@@ -64,40 +69,39 @@ async fn read_all(client: &Client, partition: u32) -> Vec<(u64, String)> {
 }
 
 async fn create(client: &Client) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(SETTLE, POLL, async || {
         match client
             .create_topic_replicated(TOPIC, PARTITIONS, Some(3), TopicConfig::default())
             .await
         {
-            Ok(_) => return,
-            Err(ClientError::Broker(b)) if b.code == ErrorCode::TopicExists => return,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "create: {e:?}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Ok(_) => Ok(()),
+            Err(ClientError::Broker(b)) if b.code == ErrorCode::TopicExists => Ok(()),
+            Err(e) => Err(format!("create: {e:?}")),
         }
-    }
+    })
+    .await
 }
 
 /// Every partition's leader per the metadata, once every partition has one.
 async fn leaders(client: &Client) -> BTreeMap<u32, u32> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(meta) = client.metadata(Some(vec![TOPIC.to_owned()])).await {
-            let leaders: BTreeMap<u32, u32> = meta
-                .topics
-                .iter()
-                .flat_map(|t| t.partitions.iter())
-                .filter_map(|p| p.leader.map(|l| (p.partition, l)))
-                .collect();
-            if leaders.len() == PARTITIONS as usize {
-                return leaders;
-            }
+    eventually(SETTLE, POLL, async || {
+        let meta = client
+            .metadata(Some(vec![TOPIC.to_owned()]))
+            .await
+            .map_err(|e| format!("metadata: {e}"))?;
+        let leaders: BTreeMap<u32, u32> = meta
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .filter_map(|p| p.leader.map(|l| (p.partition, l)))
+            .collect();
+        if leaders.len() == PARTITIONS as usize {
+            Ok(leaders)
+        } else {
+            Err(format!("leaders {leaders:?}"))
         }
-        assert!(Instant::now() < deadline, "no leaders");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

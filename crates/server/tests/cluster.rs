@@ -12,7 +12,13 @@ use sluice_client::wire::{Request, Response, ALPN};
 use sluice_client::{Client, ClientError, ClientOptions, ClientTls};
 use sluice_proto::{batches, Limits};
 use sluice_test_support::cluster::{expected_records, values_batch, TestCluster};
+use sluice_test_support::eventually;
 use sluice_test_support::raw::{frame, raw_connect, raw_exchange, RawAnswer};
+
+/// How long the cluster may take to settle (elect, create, hand leadership over).
+const SETTLE: Duration = Duration::from_secs(20);
+/// How often a test looks again while it waits for the cluster.
+const POLL: Duration = Duration::from_millis(100);
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice-server");
 
@@ -54,23 +60,24 @@ impl Clients {
 
     /// Creates a topic through any node, retrying while the controller elects.
     async fn create(&self, name: &str, partitions: u32) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        eventually(SETTLE, POLL, async || {
             let mut last = None;
             for c in self.by_node.values() {
                 match c
                     .create_topic(name, partitions, TopicConfig::default())
                     .await
                 {
-                    Ok(_) => return,
+                    Ok(_) => return Ok(()),
                     // An earlier attempt that timed out on its way back did create it.
-                    Err(ClientError::Broker(b)) if b.code == ErrorCode::TopicExists => return,
+                    Err(ClientError::Broker(b)) if b.code == ErrorCode::TopicExists => {
+                        return Ok(())
+                    }
                     Err(e) => last = Some(e),
                 }
             }
-            assert!(Instant::now() < deadline, "create {name}: {last:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            Err(format!("create {name}: {last:?}"))
+        })
+        .await
     }
 
     /// Produces one batch with acks=all, following `NotLeader` hints; retries other
@@ -286,20 +293,15 @@ async fn an_isolated_minority_accepts_no_writes() {
     let clients = Clients::connect(&cluster).await;
     clients.create("split", 3).await;
     // Wait for node 3 to lead some partition (the preferred leaders spread 1/1/1).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let p3 = loop {
-        let mut found = None;
+    let p3 = eventually(SETTLE, POLL, async || {
         for p in 0..3 {
             if leader(&clients, "split", p).await == Some(3) {
-                found = Some(p);
+                return Ok(p);
             }
         }
-        if let Some(p) = found {
-            break p;
-        }
-        assert!(Instant::now() < deadline, "node 3 leads no partition");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        Err("node 3 leads no partition".to_owned())
+    })
+    .await;
     clients
         .produce("split", p3, &["before".to_owned()])
         .await
@@ -432,8 +434,7 @@ async fn failover_time() {
 
 /// Leader of every partition of `topic` (0..n), once each has one.
 async fn leaders_of(clients: &Clients, topic: &str, n: u32) -> BTreeMap<u32, u32> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually(SETTLE, POLL, async || {
         let mut all = BTreeMap::new();
         for p in 0..n {
             if let Some(l) = leader(clients, topic, p).await {
@@ -441,11 +442,12 @@ async fn leaders_of(clients: &Clients, topic: &str, n: u32) -> BTreeMap<u32, u32
             }
         }
         if all.len() == n as usize {
-            return all;
+            Ok(all)
+        } else {
+            Err(format!("{topic}: leaders {all:?}"))
         }
-        assert!(Instant::now() < deadline, "{topic}: leaders {all:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 /// After a failover the survivors lead everything; the preferred leader, restarted and
@@ -465,14 +467,13 @@ async fn a_restarted_preferred_leader_is_handed_its_partition_back() {
     )];
     cluster.node(u64::from(victim)).kill();
     let survivor = clients.by_node.remove(&victim).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while leader(&clients, "pref", 0)
-        .await
-        .is_none_or(|l| l == victim)
-    {
-        assert!(Instant::now() < deadline, "no new leader for pref/0");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(SETTLE, POLL, async || {
+        match leader(&clients, "pref", 0).await {
+            Some(l) if l != victim => Ok(()),
+            other => Err(format!("no new leader for pref/0: {other:?}")),
+        }
+    })
+    .await;
     acked.push((
         0,
         clients.produce("pref", 0, &["b".into()]).await.unwrap(),
@@ -531,33 +532,35 @@ async fn catch_up(
     let want: BTreeMap<u32, u64> = (0..partitions)
         .map(|p| (p, expected_records(acked, p).len() as u64))
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let page = cluster
-            .node(node)
-            .admin_get("/metrics")
-            .map(|(_, b)| b)
-            .unwrap_or_default();
-        let got: BTreeMap<u32, u64> = (0..partitions)
-            .filter_map(|p| {
-                metric(
-                    &page,
-                    "sluice_high_watermark",
-                    &format!("topic=\"{topic}\",partition=\"{p}\""),
-                )
-                .map(|v| (p, v))
-            })
-            .collect();
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {node} did not catch up: {got:?}, want {want:?}\n{}",
-            cluster.node(node).log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        async || {
+            let page = cluster
+                .node(node)
+                .admin_get("/metrics")
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            let got: BTreeMap<u32, u64> = (0..partitions)
+                .filter_map(|p| {
+                    metric(
+                        &page,
+                        "sluice_high_watermark",
+                        &format!("topic=\"{topic}\",partition=\"{p}\""),
+                    )
+                    .map(|v| (p, v))
+                })
+                .collect();
+            if got == want {
+                return Ok(());
+            }
+            Err(format!(
+                "node {node} did not catch up: {got:?}, want {want:?}\n{}",
+                cluster.node(node).log_text()
+            ))
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -640,16 +643,16 @@ async fn opens(
     count: usize,
     within: Duration,
 ) -> Vec<bool> {
-    let deadline = Instant::now() + within;
-    loop {
+    eventually(within, POLL, async || {
         let log = cluster.node(node).log_text();
         let opened = opened_as_new(&log, tp);
         if opened.len() >= count {
-            return opened;
+            Ok(opened)
+        } else {
+            Err(log)
         }
-        assert!(Instant::now() < deadline, "{log}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,8 @@
 //! the server's log, so a test failure shows why the server did what it did.
 //!
 //! [`raw`] has QUIC clients that misbehave on purpose (hand-made frames, any ALPN).
+//! [`eventually`] polls a condition with a deadline (a cluster's leaders, a caught-up
+//! node), for async tests.
 
 pub mod raw;
 
@@ -41,6 +43,24 @@ const EXIT_LISTEN: i32 = 5;
 const POLL: Duration = Duration::from_millis(20);
 /// Bound on one admin HTTP exchange.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs `attempt` every `every` until it returns `Ok`, and returns that; panics with
+/// the last `Err` (what the state was, for the failure message) once `within` has
+/// passed. An attempt that must fail the test at once panics itself.
+pub async fn eventually<T>(
+    within: Duration,
+    every: Duration,
+    mut attempt: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(state) => assert!(Instant::now() < deadline, "not within {within:?}: {state}"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
 
 /// The workspace root (two levels above this crate).
 pub fn workspace_root() -> PathBuf {
@@ -518,3 +538,44 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 
 pub mod cluster;
 pub mod netproxy;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn eventually_returns_the_first_ok_and_tries_until_then() {
+        let mut tries = 0;
+        let got = block_on(eventually(
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            async || {
+                tries += 1;
+                if tries < 3 {
+                    Err(format!("try {tries}"))
+                } else {
+                    Ok(tries * 10)
+                }
+            },
+        ));
+        assert_eq!((got, tries), (30, 3));
+    }
+
+    #[test]
+    #[should_panic(expected = "still 7")]
+    fn eventually_panics_with_the_last_state_once_the_time_is_up() {
+        block_on(eventually(
+            Duration::from_millis(30),
+            Duration::from_millis(5),
+            async || -> Result<(), String> { Err("still 7".to_owned()) },
+        ));
+    }
+}
