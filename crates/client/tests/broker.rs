@@ -657,21 +657,26 @@ async fn topic_lifecycle_create_describe_list_delete() {
         .is_err());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn send_waits_for_buffer_space_and_flush_sends_lingering_batches() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path().join("data"));
-    let client = broker.client().await;
-    create(&client, "pressure", 1).await;
-    // A 400-byte value reserves at most 400 + 61 bytes: 8 fit in 4 KiB, the 9th waits.
-    let producer = client
+/// A producer with a 4 KiB buffer that lingers 60 s: a 400-byte value reserves at most
+/// 400 + 61 bytes, so 8 fit and the 9th waits, and nothing is sent before a flush.
+fn small_buffer_producer(client: &Client) -> sluice_client::Producer {
+    client
         .producer(ProducerConfig {
             buffer_bytes_max: 4_096,
             linger_ms: 60_000,
             acks: Acks::Leader,
             ..ProducerConfig::default()
         })
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_waits_for_buffer_space_and_flush_sends_lingering_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path().join("data"));
+    let client = broker.client().await;
+    create(&client, "pressure", 1).await;
+    let producer = small_buffer_producer(&client);
     let record = |i: u64| ProducerRecord::new("pressure", vec![i as u8; 400]);
     let mut deliveries = Vec::new();
     for i in 0..8 {
@@ -812,14 +817,7 @@ async fn a_send_with_cancelled_while_it_waits_for_buffer_space_never_runs_its_ca
     let broker = Broker::start(dir.path().join("data"));
     let client = broker.client().await;
     create(&client, "cancelled", 1).await;
-    let producer = client
-        .producer(ProducerConfig {
-            buffer_bytes_max: 4_096,
-            linger_ms: 60_000,
-            acks: Acks::Leader,
-            ..ProducerConfig::default()
-        })
-        .unwrap();
+    let producer = small_buffer_producer(&client);
     let calls = Arc::new(Mutex::new(Vec::new()));
     let record = |i: u64| ProducerRecord::new("cancelled", vec![i as u8; 400]);
     for i in 0..8 {
