@@ -337,6 +337,12 @@ impl<S: Storage> ReplicatedPartition<S> {
         }
     }
 
+    /// Whether `pending` was begun on this partition's log (not on a partition of the
+    /// same name deleted since).
+    pub fn owns_sync(&self, pending: &PendingSync) -> bool {
+        self.log.owns(&pending.ticket)
+    }
+
     /// Completes a sync from [`ReplicatedPartition::begin_sync`]: tells the replica
     /// what the fdatasync made durable (nothing when the log cut or replaced offsets
     /// it covered meanwhile: a later sync vouches for those) and runs what follows.

@@ -242,6 +242,9 @@ struct Partition<S: Storage> {
     acks: BTreeMap<Token, i64>,
     /// The group's preferred leader (the first of the voters it was opened with).
     preferred: Option<u64>,
+    /// A detached fdatasync of this partition is in flight (in some group commit):
+    /// the next one waits for it.
+    syncing: bool,
 }
 
 /// A group commit begun by [`Shard::begin_flush`]: run [`FlushInFlight::syncs`] (they
@@ -356,6 +359,14 @@ impl<P: StorageProvider> Shard<P> {
         self.partitions.values().any(|p| p.rp.needs_sync())
     }
 
+    /// Whether a group commit begun now would sync anything: a dirty partition with no
+    /// fdatasync in flight.
+    pub fn can_flush(&self) -> bool {
+        self.partitions
+            .values()
+            .any(|p| p.rp.needs_sync() && !p.syncing)
+    }
+
     fn reply(&mut self, token: Token, reply: Reply) {
         if matches!(reply, Reply::Failed(_)) {
             self.stats.errors += 1;
@@ -423,6 +434,7 @@ impl<P: StorageProvider> Shard<P> {
                 waiters,
                 acks: BTreeMap::new(),
                 preferred,
+                syncing: false,
             },
         );
         Ok(report)
@@ -762,14 +774,16 @@ impl<P: StorageProvider> Shard<P> {
         }
     }
 
-    /// Begins the group commit of every dirty partition without waiting for it (the
-    /// pipelined `flush`, module docs): `None` when there is nothing to run (nothing
-    /// dirty, or every sync was done here because its backend cannot sync detached).
+    /// Begins the group commit of every dirty partition that has no sync in flight
+    /// (another group's), without waiting for it (the pipelined `flush`, module docs):
+    /// `None` when there is nothing to run (nothing such, or every sync was done here
+    /// because its backend cannot sync detached). Groups may overlap; a partition is in
+    /// at most one.
     pub async fn begin_flush(&mut self, now_ms: i64) -> Option<FlushInFlight> {
         let dirty: Vec<TopicPartition> = self
             .partitions
             .iter()
-            .filter(|(_, p)| p.rp.needs_sync())
+            .filter(|(_, p)| p.rp.needs_sync() && !p.syncing)
             .map(|(tp, _)| tp.clone())
             .collect();
         if dirty.is_empty() {
@@ -787,6 +801,7 @@ impl<P: StorageProvider> Shard<P> {
             };
             match p.rp.begin_sync(now_ms).await {
                 Ok(Some((pending, sync))) => {
+                    p.syncing = true;
                     flush.pending.push((tp, pending));
                     flush.syncs.push(sync);
                     continue;
@@ -816,6 +831,10 @@ impl<P: StorageProvider> Shard<P> {
             let Some(p) = self.partitions.get_mut(&tp) else {
                 continue;
             };
+            // A partition of the same name made since has its own syncs.
+            if p.rp.owns_sync(&pending) {
+                p.syncing = false;
+            }
             if let Err(err) = p.rp.finish_sync(pending, result, now_ms).await {
                 self.fail_acks(&tp, &err);
             }

@@ -599,3 +599,64 @@ fn a_failed_pipelined_sync_fails_every_waiting_producer_of_its_partition() {
         "a poisoned partition refuses later writes"
     );
 }
+
+#[test]
+fn group_commits_overlap_on_different_partitions_but_never_on_one() {
+    let mem = Mem::default();
+    let mut shard = shard_with(&mem, 2);
+    block_on(shard.produce(0, 1, &tp(0), batch(&["a"], 0), AckPolicy::All, 1000));
+    let mut first = block_on(shard.begin_flush(1)).expect("p0 is dirty");
+    assert_eq!(first.syncs.len(), 1);
+    // While p0 syncs: p1 gets its first append, p0 its second.
+    block_on(shard.produce(1, 2, &tp(1), batch(&["b"], 0), AckPolicy::All, 1000));
+    block_on(shard.produce(1, 3, &tp(0), batch(&["c"], 0), AckPolicy::All, 1000));
+    assert!(shard.can_flush(), "p1 is dirty and not syncing");
+    let mut second = block_on(shard.begin_flush(2)).expect("p1 may sync now");
+    assert_eq!(second.syncs.len(), 1, "p0 waits for its own sync in flight");
+    assert!(!shard.can_flush(), "p0 is dirty but syncing, p1 syncing");
+    assert!(block_on(shard.begin_flush(2)).is_none());
+    // The later group completes first: it answers only its own partition.
+    let results = run_syncs(&mut second);
+    block_on(shard.finish_flush(second, results, 3));
+    assert_eq!(replies(&mut shard), vec![(2, produced(0, 0))]);
+    assert!(!shard.can_flush(), "p0's sync is still in flight");
+    let results = run_syncs(&mut first);
+    block_on(shard.finish_flush(first, results, 4));
+    assert_eq!(
+        replies(&mut shard),
+        vec![(1, produced(0, 0))],
+        "the first sync vouches only for a"
+    );
+    assert!(shard.can_flush(), "c waits for the next sync of p0");
+    let mut third = block_on(shard.begin_flush(5)).unwrap();
+    assert_eq!(third.syncs.len(), 1);
+    let results = run_syncs(&mut third);
+    block_on(shard.finish_flush(third, results, 6));
+    assert_eq!(replies(&mut shard), vec![(3, produced(1, 1))]);
+}
+
+#[test]
+fn a_recreated_partition_syncs_beside_the_old_ones_flush_which_leaves_it_alone() {
+    let mem = Mem::default();
+    let mut shard = shard_with(&mem, 1);
+    block_on(shard.produce(0, 1, &tp(0), batch(&["a"], 0), AckPolicy::All, 1000));
+    let mut old = block_on(shard.begin_flush(1)).unwrap();
+    block_on(shard.delete_partition(&tp(0))).unwrap();
+    replies(&mut shard);
+    block_on(shard.open_partition(tp(0), LogConfig::default(), 1)).unwrap();
+    block_on(shard.produce(1, 2, &tp(0), batch(&["x"], 0), AckPolicy::All, 1000));
+    let mut new = block_on(shard.begin_flush(2)).expect("the new partition syncs at once");
+    block_on(shard.produce(2, 3, &tp(0), batch(&["y"], 0), AckPolicy::All, 1000));
+    let results = run_syncs(&mut old);
+    block_on(shard.finish_flush(old, results, 3));
+    assert!(replies(&mut shard).is_empty());
+    assert!(
+        !shard.can_flush(),
+        "the old partition's flush ended the new one's sync in flight"
+    );
+    let results = run_syncs(&mut new);
+    block_on(shard.finish_flush(new, results, 4));
+    assert_eq!(replies(&mut shard), vec![(2, produced(0, 0))]);
+    block_on(shard.flush(5));
+    assert_eq!(replies(&mut shard), vec![(3, produced(1, 1))]);
+}

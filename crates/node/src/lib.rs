@@ -34,9 +34,9 @@
 //!   dirty partition, all issued together, makes every append of the cycle durable;
 //!   producers with `acks=all`/`acks=leader` are answered then, `acks=none` right
 //!   after their append. Requests arriving during the fsync form the next cycle, so
-//!   the group grows with the load. While one flush is in flight nothing else runs on
-//!   that shard (the core is `&mut`); pipelining the next group's appends with the
-//!   previous sync is a later step. `Shard::tick` runs every
+//!   the group grows with the load. The flush is pipelined: appends go on while its
+//!   fdatasyncs run, and a partition with none in flight starts its own group at once
+//!   (`driver` module docs). `Shard::tick` runs every
 //!   [`EngineConfig::tick_ms`] while anything waits (ack timeouts, long-poll
 //!   deadlines); an idle shard with nothing waiting sleeps on its queue. Time given to
 //!   the core is the wall clock in milliseconds.

@@ -198,7 +198,7 @@ impl Collector for Snapshot {
         histogram_family(
             &mut enc,
             "sluice_fsync_duration_seconds",
-            "Group-commit flushes per shard: the fdatasyncs of every partition appended to since the last one, issued together (appends go on meanwhile).",
+            "Group-commit flushes per shard: the fdatasyncs of every partition appended to since its last one and not syncing, issued together (appends go on meanwhile; groups on different partitions overlap).",
             &LATENCY_BOUNDS_US,
             &shards
                 .iter()
