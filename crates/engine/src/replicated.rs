@@ -64,6 +64,9 @@ pub struct ReplicatedPartition<S: Storage> {
     outbox: Vec<Message>,
     replies: Vec<ProduceReply>,
     sync_wanted: Option<u64>,
+    /// A detached fdatasync begun here ([`ReplicatedPartition::begin_sync`]) is still
+    /// to be finished: the next one waits for it.
+    syncing: bool,
     failed: Option<String>,
     /// The idempotent-producer table of the local log.
     producers: ProducerTable,
@@ -130,6 +133,7 @@ impl<S: Storage> ReplicatedPartition<S> {
             outbox: Vec::new(),
             replies: Vec::new(),
             sync_wanted: None,
+            syncing: false,
             failed: None,
             producers,
             retained,
@@ -234,6 +238,12 @@ impl<S: Storage> ReplicatedPartition<S> {
         self.sync_wanted.is_some()
     }
 
+    /// Whether a detached sync may begin now: one is wanted and none is in flight (a
+    /// partition has at most one).
+    pub fn can_begin_sync(&self) -> bool {
+        self.needs_sync() && !self.syncing
+    }
+
     /// Raft messages to send, in order.
     pub fn take_messages(&mut self) -> Vec<Message> {
         std::mem::take(&mut self.outbox)
@@ -329,18 +339,13 @@ impl<S: Storage> ReplicatedPartition<S> {
         match self.log.begin_sync() {
             Ok(SyncStart::Detached(ticket, sync)) => {
                 self.sync_wanted = None;
+                self.syncing = true;
                 Ok(Some((PendingSync { number, ticket }, sync)))
             }
             // Durable already (a roll or a cut synced it), or no detached sync here.
             Ok(SyncStart::Durable | SyncStart::Inline) => self.sync(now_ms).await.map(|()| None),
             Err(e) => Err(self.fail(EngineError::from_log(e))),
         }
-    }
-
-    /// Whether `pending` was begun on this partition's log (not on a partition of the
-    /// same name deleted since).
-    pub fn owns_sync(&self, pending: &PendingSync) -> bool {
-        self.log.owns(&pending.ticket)
     }
 
     /// Completes a sync from [`ReplicatedPartition::begin_sync`]: tells the replica
@@ -352,11 +357,14 @@ impl<S: Storage> ReplicatedPartition<S> {
         result: std::io::Result<()>,
         now_ms: i64,
     ) -> Result<(), EngineError> {
-        self.check()?;
         if !self.log.owns(&pending.ticket) {
-            // Begun on a partition of the same name that is gone.
+            // Begun on a partition of the same name that is gone (this one's own sync
+            // in flight, if any, is still to come).
+            self.check()?;
             return Ok(());
         }
+        self.syncing = false;
+        self.check()?;
         match self.log.finish_sync(pending.ticket, result) {
             Ok(Some(_)) => self.replica.handle_persisted(pending.number),
             Ok(None) => {

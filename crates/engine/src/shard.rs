@@ -242,9 +242,6 @@ struct Partition<S: Storage> {
     acks: BTreeMap<Token, i64>,
     /// The group's preferred leader (the first of the voters it was opened with).
     preferred: Option<u64>,
-    /// A detached fdatasync of this partition is in flight (in some group commit):
-    /// the next one waits for it.
-    syncing: bool,
 }
 
 /// A group commit begun by [`Shard::begin_flush`]: run [`FlushInFlight::syncs`] (they
@@ -362,9 +359,7 @@ impl<P: StorageProvider> Shard<P> {
     /// Whether a group commit begun now would sync anything: a dirty partition with no
     /// fdatasync in flight.
     pub fn can_flush(&self) -> bool {
-        self.partitions
-            .values()
-            .any(|p| p.rp.needs_sync() && !p.syncing)
+        self.partitions.values().any(|p| p.rp.can_begin_sync())
     }
 
     fn reply(&mut self, token: Token, reply: Reply) {
@@ -434,7 +429,6 @@ impl<P: StorageProvider> Shard<P> {
                 waiters,
                 acks: BTreeMap::new(),
                 preferred,
-                syncing: false,
             },
         );
         Ok(report)
@@ -783,7 +777,7 @@ impl<P: StorageProvider> Shard<P> {
         let dirty: Vec<TopicPartition> = self
             .partitions
             .iter()
-            .filter(|(_, p)| p.rp.needs_sync() && !p.syncing)
+            .filter(|(_, p)| p.rp.can_begin_sync())
             .map(|(tp, _)| tp.clone())
             .collect();
         if dirty.is_empty() {
@@ -801,7 +795,6 @@ impl<P: StorageProvider> Shard<P> {
             };
             match p.rp.begin_sync(now_ms).await {
                 Ok(Some((pending, sync))) => {
-                    p.syncing = true;
                     flush.pending.push((tp, pending));
                     flush.syncs.push(sync);
                     continue;
@@ -831,10 +824,6 @@ impl<P: StorageProvider> Shard<P> {
             let Some(p) = self.partitions.get_mut(&tp) else {
                 continue;
             };
-            // A partition of the same name made since has its own syncs.
-            if p.rp.owns_sync(&pending) {
-                p.syncing = false;
-            }
             if let Err(err) = p.rp.finish_sync(pending, result, now_ms).await {
                 self.fail_acks(&tp, &err);
             }

@@ -546,16 +546,24 @@ fn a_pipelined_flush_acknowledges_only_what_was_appended_before_it_began() {
     assert_eq!(replies(&mut shard), vec![(3, produced(1, 1))]);
 }
 
+/// Partition 0 of a one-partition shard: `a` appended (token 1) and its flush begun,
+/// then the partition deleted and created again and `x` appended to the new one
+/// (token 2). Returns the old partition's flush, still to run.
+fn flush_then_recreate(shard: &mut Shard<Mem>) -> sluice_engine::FlushInFlight {
+    block_on(shard.produce(0, 1, &tp(0), batch(&["a"], 0), AckPolicy::All, 1000));
+    let flush = block_on(shard.begin_flush(1)).unwrap();
+    block_on(shard.delete_partition(&tp(0))).unwrap();
+    replies(shard);
+    block_on(shard.open_partition(tp(0), LogConfig::default(), 1)).unwrap();
+    block_on(shard.produce(1, 2, &tp(0), batch(&["x"], 0), AckPolicy::All, 1000));
+    flush
+}
+
 #[test]
 fn a_flush_begun_on_a_partition_deleted_and_recreated_vouches_for_nothing_new() {
     let mem = Mem::default();
     let mut shard = shard_with(&mem, 1);
-    block_on(shard.produce(0, 1, &tp(0), batch(&["a"], 0), AckPolicy::All, 1000));
-    let mut flush = block_on(shard.begin_flush(1)).unwrap();
-    block_on(shard.delete_partition(&tp(0))).unwrap();
-    replies(&mut shard);
-    block_on(shard.open_partition(tp(0), LogConfig::default(), 1)).unwrap();
-    block_on(shard.produce(1, 2, &tp(0), batch(&["x"], 0), AckPolicy::All, 1000));
+    let mut flush = flush_then_recreate(&mut shard);
     let results = run_syncs(&mut flush);
     block_on(shard.finish_flush(flush, results, 2));
     assert!(
@@ -639,12 +647,7 @@ fn group_commits_overlap_on_different_partitions_but_never_on_one() {
 fn a_recreated_partition_syncs_beside_the_old_ones_flush_which_leaves_it_alone() {
     let mem = Mem::default();
     let mut shard = shard_with(&mem, 1);
-    block_on(shard.produce(0, 1, &tp(0), batch(&["a"], 0), AckPolicy::All, 1000));
-    let mut old = block_on(shard.begin_flush(1)).unwrap();
-    block_on(shard.delete_partition(&tp(0))).unwrap();
-    replies(&mut shard);
-    block_on(shard.open_partition(tp(0), LogConfig::default(), 1)).unwrap();
-    block_on(shard.produce(1, 2, &tp(0), batch(&["x"], 0), AckPolicy::All, 1000));
+    let mut old = flush_then_recreate(&mut shard);
     let mut new = block_on(shard.begin_flush(2)).expect("the new partition syncs at once");
     block_on(shard.produce(2, 3, &tp(0), batch(&["y"], 0), AckPolicy::All, 1000));
     let results = run_syncs(&mut old);
