@@ -337,8 +337,8 @@ pub struct Accumulator<T> {
     buffered_bytes: usize,
     /// Set for an idempotent producer: every batch is stamped when sealed.
     sequences: Option<Sequences>,
-    /// Per partition: the encoded size and record count of its last sealed batch, the
-    /// capacity its next one starts with (no reallocation while it fills alike).
+    /// Per partition: the encoded size and record count of its last sealed batch, from
+    /// which its next one's capacity is sized (see `open_batch`).
     last_sealed: BTreeMap<u32, (usize, usize)>,
 }
 
@@ -472,11 +472,13 @@ impl<T> Accumulator<T> {
     fn open_batch(&mut self, partition: u32, now_ms: i64) -> &mut OpenBatch<T> {
         let limits = self.config.limits;
         let buffered = &mut self.buffered_bytes;
-        // An eighth more than the last batch: a batch the same size does not grow.
+        // Twice the last batch: one that grows less than that never reallocates (each
+        // reallocation copies everything pushed so far). A batch's size follows the
+        // timing of its partition's requests, so consecutive batches differ widely.
         let (bytes, records) = self
             .last_sealed
             .get(&partition)
-            .map_or((0, 0), |&(b, r)| (b + b / 8, r + r / 8));
+            .map_or((0, 0), |&(b, r)| (b.saturating_mul(2), r.saturating_mul(2)));
         self.open.entry(partition).or_insert_with(|| {
             let builder =
                 BatchBuilder::with_capacity(limits, bytes.min(self.config.batch_bytes_max));
