@@ -1,19 +1,18 @@
-//! The producers: one task per producer sends, a second one per producer collects the
-//! outcomes and measures.
+//! The producers: one task per producer sends; its delivery callbacks measure.
 //!
 //! The sender, per record: decide when it is due (open loop: its scheduled time; closed
 //! loop: now), take a slot of the `--in-flight` window (a semaphore) and
 //! `Producer::send_with` it, with a delivery callback that takes the time the record
-//! resolved, gives the window slot back and hands the outcome to the collector (a
-//! channel). The collector records the latencies and the outcomes. Neither waits on a
-//! single record, so nothing serialises the records of a producer but the window
-//! itself. (A delivery future per record, polled in a `FuturesUnordered`, cost the load
-//! generator about a tenth of its CPU more: a oneshot, a task node and a wake-up per
-//! record.)
+//! resolved, gives the window slot back and records the outcome in the producer's
+//! tally (a lock, taken for that record only). Neither waits on a single record, so
+//! nothing serialises the records of a producer but the window itself. (A delivery
+//! future per record, polled in a `FuturesUnordered`, cost the load generator about a
+//! tenth of its CPU more: a oneshot, a task node and a wake-up per record; a collector
+//! task fed by a channel cost two channel sends and a wake-up per record.)
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use sluice_bench::load::payload::{self, Header, RecordId};
@@ -23,7 +22,7 @@ use sluice_bench::load::verify::Sent;
 use sluice_client::{
     Client, ClientError, DeliveryError, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
 };
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 
 use crate::cli::{Bound, PartitionerArg, Plan};
 use crate::Run;
@@ -67,6 +66,23 @@ pub struct ProducerResult {
     pub stop: Stop,
 }
 
+impl ProducerResult {
+    /// Nothing measured yet, over `partitions` partitions.
+    fn empty(partitions: usize) -> ProducerResult {
+        ProducerResult {
+            latency: Latency::new(),
+            errors: ErrorCounts::default(),
+            msgs: 0,
+            bytes: 0,
+            warmup_msgs: 0,
+            last_ack_ns: 0,
+            max_offset: vec![None; partitions],
+            outcomes: Vec::new(),
+            stop: Stop::Stopped,
+        }
+    }
+}
+
 /// The `ProducerConfig` the flags ask for.
 pub fn config(plan: &Plan) -> ProducerConfig {
     ProducerConfig {
@@ -104,17 +120,143 @@ pub fn client_kind(e: &ClientError) -> String {
     }
 }
 
-/// What the sender and the delivery callbacks hand the collector. A record's `Resolved`
-/// may come before its `Sent` (a callback can run before `send_with` returns).
-enum Handed {
-    /// The SDK took record `seq`; its callback will run.
-    Sent { seq: u64 },
-    /// `send_with` refused the record (nothing was sent, no callback runs).
-    Refused { seq: u64 },
-    /// A record's delivery callback ran.
-    Resolved(Resolved),
-    /// The sender is done: nothing more is sent.
-    Done,
+/// A producer's tally: what its delivery callbacks and its sender record. The callbacks
+/// run on the SDK's task and the sender on its own; each takes the lock for one record.
+struct Tally {
+    run: Arc<Run>,
+    state: Mutex<ProducerResult>,
+    /// Records handed to `send_with` whose callback has not run (nor will: a refused or
+    /// abandoned call takes its record back off).
+    outstanding: AtomicU64,
+    /// Notified when a callback brings `outstanding` to zero.
+    settled: Notify,
+}
+
+impl Tally {
+    fn new(run: Arc<Run>) -> Tally {
+        let partitions = run.partitions as usize;
+        Tally {
+            run,
+            state: Mutex::new(ProducerResult::empty(partitions)),
+            outstanding: AtomicU64::new(0),
+            settled: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ProducerResult> {
+        // Nothing panics while holding it; a poisoned tally is still a tally.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Record `seq` is about to be handed to the SDK.
+    fn handing(&self) {
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The SDK did not take record `seq` after all (`send_with` refused it, or the wait
+    /// for buffer space was abandoned): no callback will run for it.
+    fn not_taken(&self, seq: u64, refused: bool) {
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        if refused && self.run.plan.opts.verify {
+            let mut r = self.lock();
+            if let Some(i) = slot(&mut r.outcomes, seq) {
+                r.outcomes[i] = Sent::FailedDefinite;
+            }
+        }
+    }
+
+    /// The SDK took record `seq` (with `--verify` it gets a slot, `Unresolved` until its
+    /// callback runs, which may have happened already).
+    fn taken(&self, seq: u64) {
+        if self.run.plan.opts.verify {
+            slot(&mut self.lock().outcomes, seq);
+        }
+    }
+
+    /// Record `seq`'s callback ran, at `at_ns`.
+    fn resolved(
+        &self,
+        seq: u64,
+        send_ns: u64,
+        measured: bool,
+        result: Result<RecordMetadata, DeliveryError>,
+        at_ns: u64,
+    ) {
+        {
+            let run = &self.run;
+            let mut r = self.lock();
+            let outcome = match result {
+                Ok(meta) => {
+                    if measured {
+                        r.latency.record_ns(at_ns.saturating_sub(send_ns));
+                        r.msgs += 1;
+                        r.bytes += run.plan.size as u64;
+                        r.last_ack_ns = r.last_ack_ns.max(at_ns);
+                        if run.producers_count_progress {
+                            run.progress.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    if let Some(m) = r.max_offset.get_mut(meta.partition as usize) {
+                        *m = Some(m.map_or(meta.offset, |o: u64| o.max(meta.offset)));
+                    }
+                    Sent::Acked {
+                        partition: meta.partition,
+                        offset: meta.offset,
+                    }
+                }
+                Err(e) => {
+                    r.errors.add(delivery_kind(&e));
+                    if e.is_definite() {
+                        Sent::FailedDefinite
+                    } else {
+                        Sent::FailedIndeterminate
+                    }
+                }
+            };
+            if run.plan.opts.verify {
+                if let Some(i) = slot(&mut r.outcomes, seq) {
+                    r.outcomes[i] = outcome;
+                }
+            }
+        }
+        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.settled.notify_one();
+        }
+    }
+
+    /// Once the sender is done: waits until every record the SDK took has resolved, or
+    /// [`DRAIN`] (the rest stay `Unresolved` and count as errors), and hands over the
+    /// tally.
+    async fn settle(&self) -> ProducerResult {
+        let deadline = tokio::time::Instant::now() + DRAIN;
+        loop {
+            // `notify_one` leaves a permit when nobody waits: no wake-up is lost between
+            // the check and the wait.
+            let left = self.outstanding.load(Ordering::Acquire);
+            if left == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, self.settled.notified())
+                .await
+                .is_err()
+            {
+                let left = self.outstanding.load(Ordering::Acquire);
+                self.lock().errors.add_n("unresolved at exit", left);
+                break;
+            }
+        }
+        let partitions = self.run.partitions as usize;
+        std::mem::replace(&mut *self.lock(), ProducerResult::empty(partitions))
+    }
+}
+
+/// With `--verify`: the index of record `seq`'s outcome, `Unresolved` until known.
+fn slot(outcomes: &mut Vec<Sent>, seq: u64) -> Option<usize> {
+    let i = usize::try_from(seq).ok()?;
+    if outcomes.len() <= i {
+        outcomes.resize(i + 1, Sent::Unresolved);
+    }
+    Some(i)
 }
 
 /// Producer `id`: sends its share, then waits (at most [`DRAIN`]) for the rest of its
@@ -126,34 +268,15 @@ pub async fn run_producer(
     producer: Producer,
     count: Option<u64>,
 ) -> ProducerResult {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let collector = tokio::spawn(collect(run.clone(), rx));
+    let tally = Arc::new(Tally::new(run.clone()));
     let mut errors = ErrorCounts::default();
-    let (stop, warmup_msgs) = send_loop(&run, id, &producer, count, &tx, &mut errors).await;
-    let _ = tx.send(Handed::Done);
-    drop(tx);
-    // Close at once: what lingers goes out now, and the collector sees it resolve.
-    let (_, collected) = tokio::join!(tokio::time::timeout(DRAIN, producer.close()), collector);
+    let (stop, warmup_msgs) = send_loop(&run, id, &producer, count, &tally, &mut errors).await;
+    // Close at once: what lingers goes out now, and the tally sees it resolve.
+    let (_, mut result) = tokio::join!(
+        tokio::time::timeout(DRAIN, producer.close()),
+        tally.settle()
+    );
     client.close().await;
-    let mut result = match collected {
-        Ok(c) => c,
-        Err(e) => {
-            // The collector cannot panic on input; a join error means the runtime is
-            // going down. Report what is known.
-            errors.add(format!("collector: {e}"));
-            ProducerResult {
-                latency: Latency::new(),
-                errors: ErrorCounts::default(),
-                msgs: 0,
-                bytes: 0,
-                warmup_msgs: 0,
-                last_ack_ns: 0,
-                max_offset: Vec::new(),
-                outcomes: Vec::new(),
-                stop: Stop::Stopped,
-            }
-        }
-    };
     result.errors.merge(&errors);
     result.warmup_msgs = warmup_msgs;
     result.stop = stop;
@@ -166,7 +289,7 @@ async fn send_loop(
     id: u32,
     producer: &Producer,
     count: Option<u64>,
-    tx: &mpsc::UnboundedSender<Handed>,
+    tally: &Arc<Tally>,
     errors: &mut ErrorCounts,
 ) -> (Stop, u64) {
     let plan = &run.plan;
@@ -243,22 +366,17 @@ async fn send_loop(
             PartitionerArg::RoundRobin => record.partition(partition_for(id, seq, run.partitions)),
         };
         // The callback runs once, on the producer's task: the time, the window slot back,
-        // the outcome to the collector.
+        // the outcome into the tally.
         let callback = {
-            let tx = tx.clone();
+            let tally = Arc::clone(tally);
             let epoch = run.epoch;
             move |result: Result<RecordMetadata, DeliveryError>| {
                 let at_ns = ns_since(epoch);
                 drop(permit);
-                let _ = tx.send(Handed::Resolved(Resolved {
-                    seq,
-                    send_ns,
-                    measured,
-                    result,
-                    at_ns,
-                }));
+                tally.resolved(seq, send_ns, measured, result, at_ns);
             }
         };
+        tally.handing();
         // Most sends find buffer space at once: only one that waits arms the deadline.
         let send = producer.send_with(record, callback);
         tokio::pin!(send);
@@ -268,17 +386,18 @@ async fn send_loop(
             std::task::Poll::Pending => tokio::time::timeout_at(deadline, send).await,
         };
         match sent {
-            Ok(Ok(())) => {
-                let _ = tx.send(Handed::Sent { seq });
-            }
+            Ok(Ok(())) => tally.taken(seq),
             Ok(Err(e)) => {
                 errors.add(format!("send: {}", client_kind(&e)));
-                let _ = tx.send(Handed::Refused { seq });
+                tally.not_taken(seq, true);
                 run.stop.store(true, Ordering::Relaxed);
                 return (Stop::Failed(e.to_string()), warmup_sent);
             }
             // Waited for SDK buffer space past the end: the record was not taken.
-            Err(_) => return (run.end_stop(), warmup_sent),
+            Err(_) => {
+                tally.not_taken(seq, false);
+                return (run.end_stop(), warmup_sent);
+            }
         }
         seq += 1;
         if measured {
@@ -286,118 +405,6 @@ async fn send_loop(
         } else {
             warmup_sent += 1;
         }
-    }
-}
-
-/// Collects what the sender and the delivery callbacks hand over, until the sender is
-/// done and every record the SDK took has resolved, or [`DRAIN`] after the sender is done.
-async fn collect(run: Arc<Run>, mut rx: mpsc::UnboundedReceiver<Handed>) -> ProducerResult {
-    let verify = run.plan.opts.verify;
-    let size = run.plan.size as u64;
-    let mut r = ProducerResult {
-        latency: Latency::new(),
-        errors: ErrorCounts::default(),
-        msgs: 0,
-        bytes: 0,
-        warmup_msgs: 0,
-        last_ack_ns: 0,
-        max_offset: vec![None; run.partitions as usize],
-        outcomes: Vec::new(),
-        stop: Stop::Stopped,
-    };
-    // With `--verify`: the outcome of record `seq` (`Unresolved` until known).
-    let slot = |outcomes: &mut Vec<Sent>, seq: u64| -> Option<usize> {
-        let i = usize::try_from(seq).ok()?;
-        if outcomes.len() <= i {
-            outcomes.resize(i + 1, Sent::Unresolved);
-        }
-        Some(i)
-    };
-    // Records the SDK took less those resolved (a resolution may come before its `Sent`).
-    let mut outstanding: i64 = 0;
-    let mut open = true;
-    let mut drain_until = None;
-    while open || outstanding > 0 {
-        tokio::select! {
-            biased;
-            handed = rx.recv() => match handed {
-                Some(Handed::Resolved(done)) => {
-                    outstanding -= 1;
-                    let Resolved { seq, send_ns, measured, result, at_ns } = done;
-                    let outcome = match result {
-                        Ok(meta) => {
-                            if measured {
-                                r.latency.record_ns(at_ns.saturating_sub(send_ns));
-                                r.msgs += 1;
-                                r.bytes += size;
-                                r.last_ack_ns = r.last_ack_ns.max(at_ns);
-                                if run.producers_count_progress {
-                                    run.progress.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                            if let Some(m) = r.max_offset.get_mut(meta.partition as usize) {
-                                *m = Some(m.map_or(meta.offset, |o: u64| o.max(meta.offset)));
-                            }
-                            Sent::Acked { partition: meta.partition, offset: meta.offset }
-                        }
-                        Err(e) => {
-                            r.errors.add(delivery_kind(&e));
-                            if e.is_definite() {
-                                Sent::FailedDefinite
-                            } else {
-                                Sent::FailedIndeterminate
-                            }
-                        }
-                    };
-                    if verify {
-                        if let Some(i) = slot(&mut r.outcomes, seq) {
-                            r.outcomes[i] = outcome;
-                        }
-                    }
-                }
-                Some(Handed::Sent { seq }) => {
-                    outstanding += 1;
-                    if verify {
-                        slot(&mut r.outcomes, seq);
-                    }
-                }
-                Some(Handed::Refused { seq }) => {
-                    if verify {
-                        if let Some(i) = slot(&mut r.outcomes, seq) {
-                            r.outcomes[i] = Sent::FailedDefinite;
-                        }
-                    }
-                }
-                // Every sender of the channel is gone: nothing more can come.
-                None => break,
-                Some(Handed::Done) => {
-                    open = false;
-                    drain_until = Some(tokio::time::Instant::now() + DRAIN);
-                }
-            },
-            () = sleep_until(drain_until), if !open => {
-                // Gave up on the rest: their outcomes stay `Unresolved`.
-                r.errors.add_n("unresolved at exit", u64::try_from(outstanding).unwrap_or(0));
-                break;
-            }
-        }
-    }
-    r
-}
-
-/// A record's outcome, with the time its callback ran.
-struct Resolved {
-    seq: u64,
-    send_ns: u64,
-    measured: bool,
-    result: Result<RecordMetadata, DeliveryError>,
-    at_ns: u64,
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
