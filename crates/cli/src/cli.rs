@@ -189,6 +189,11 @@ pub struct UpArgs {
     /// Engine shards per node.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub shards: usize,
+    /// Network threads per node (gateway, peer links, admin HTTP). The nodes share this
+    /// machine's cores: one each keeps three nodes' threads near a small machine's
+    /// core count.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub network_threads: usize,
     /// Cluster name (`cluster_id`, and the CA's name when it is created).
     #[arg(long, default_value = CLUSTER_ID_DEFAULT)]
     pub cluster_id: String,

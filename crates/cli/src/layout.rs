@@ -126,6 +126,9 @@ pub struct LocalCluster {
     pub proxy: bool,
     /// Engine shards per node (`None`: the server's default, one per core).
     pub shards: Option<usize>,
+    /// Network threads per node (`None`, what [`LocalCluster::plan`] leaves: the
+    /// server's default).
+    pub network_threads: Option<usize>,
     pub nodes: Vec<LocalNode>,
 }
 
@@ -185,6 +188,7 @@ impl LocalCluster {
             cluster_id: cluster_id.to_owned(),
             proxy,
             shards,
+            network_threads: None,
             nodes,
         })
     }
@@ -209,6 +213,7 @@ impl LocalCluster {
             admin_listen: me.admin,
             advertised_addr: me.client.to_string(),
             shards: self.shards,
+            network_threads: self.network_threads,
             tls: TlsOut {
                 cert: utf8(&me.cert)?,
                 key: utf8(&me.key)?,
@@ -259,6 +264,8 @@ struct ConfigOut<'a> {
     advertised_addr: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     shards: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network_threads: Option<usize>,
     tls: TlsOut<'a>,
     cluster: ClusterOut<'a>,
 }

@@ -584,7 +584,10 @@ pub async fn up(args: &UpArgs, output: Output) -> Result<(), Fail> {
     if args.shards == 0 {
         return Err(Fail::usage("--shards must be at least 1"));
     }
-    let cluster = LocalCluster::plan(
+    if args.network_threads == 0 {
+        return Err(Fail::usage("--network-threads must be at least 1"));
+    }
+    let mut cluster = LocalCluster::plan(
         &dir,
         args.nodes,
         args.base_port,
@@ -593,6 +596,7 @@ pub async fn up(args: &UpArgs, output: Output) -> Result<(), Fail> {
         Some(args.shards),
     )
     .map_err(Fail::usage)?;
+    cluster.network_threads = Some(args.network_threads);
     check_existing(&cluster)?;
     check_ports(&cluster)?;
     let reused = ensure_certs(&cluster)?;

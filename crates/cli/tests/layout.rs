@@ -15,6 +15,7 @@ const TOP_KEYS: &[&str] = &[
     "listen",
     "admin_listen",
     "shards",
+    "network_threads",
     "node_id",
     "advertised_addr",
     "tls",
@@ -118,7 +119,8 @@ fn ports_follow_the_documented_plan() {
 #[test]
 fn every_config_parses_names_every_node_and_uses_only_server_keys() {
     let dir = Path::new("/tmp/sluice \"quoted\" dir");
-    let c = LocalCluster::plan(dir, 3, 17_000, "test-c", true, Some(2)).unwrap();
+    let mut c = LocalCluster::plan(dir, 3, 17_000, "test-c", true, Some(2)).unwrap();
+    c.network_threads = Some(1);
     let mut peers = BTreeSet::new();
     for (i, me) in c.nodes.iter().enumerate() {
         let text = c.config_toml(i).unwrap();
@@ -129,6 +131,7 @@ fn every_config_parses_names_every_node_and_uses_only_server_keys() {
             Some(i64::try_from(me.id).unwrap())
         );
         assert_eq!(doc["shards"].as_integer(), Some(2));
+        assert_eq!(doc["network_threads"].as_integer(), Some(1));
         assert_eq!(doc["listen"].as_str(), Some(me.client.to_string().as_str()));
         assert_eq!(doc["advertised_addr"].as_str(), doc["listen"].as_str());
         assert_eq!(
@@ -173,6 +176,7 @@ fn every_config_parses_names_every_node_and_uses_only_server_keys() {
     let no_shards = LocalCluster::plan(dir, 1, 17_000, "s", false, None).unwrap();
     let doc: toml::Table = toml::from_str(&no_shards.config_toml(0).unwrap()).unwrap();
     assert!(!doc.contains_key("shards"));
+    assert!(!doc.contains_key("network_threads"));
     assert!(no_shards.config_toml(1).is_err());
 }
 

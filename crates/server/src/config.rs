@@ -17,6 +17,10 @@ pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7879));
 /// Default data directory of a dev broker.
 pub const DEFAULT_DATA_DIR: &str = "./sluice-data";
+/// Default worker threads of the network runtime (gateway, peer links, admin HTTP).
+pub const DEFAULT_NETWORK_THREADS: usize = 2;
+/// The most network threads a broker takes.
+pub const NETWORK_THREADS_MAX: usize = 256;
 
 /// Command-line flags; each overrides the same setting of the config file.
 #[derive(Debug, Clone, Parser)]
@@ -41,6 +45,10 @@ pub struct Flags {
     /// Engine shards (threads, one per core by default).
     #[arg(long)]
     pub shards: Option<usize>,
+    /// Threads for the network side: the QUIC gateway, the peer links and the admin
+    /// HTTP server (default 2).
+    #[arg(long, value_name = "N")]
+    pub network_threads: Option<usize>,
 }
 
 /// The config file's shape. Every field is optional; see [`Settings`] for defaults.
@@ -51,6 +59,7 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
     pub shards: Option<usize>,
+    pub network_threads: Option<usize>,
     pub node_id: Option<u32>,
     /// Address clients are told to use (defaults to `listen`).
     pub advertised_addr: Option<String>,
@@ -137,6 +146,9 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub shards: Option<usize>,
+    /// Worker threads of the tokio runtime that runs the gateway, the peer links and
+    /// the admin server.
+    pub network_threads: usize,
     pub node_id: u32,
     pub advertised_addr: String,
     pub tls: TlsFile,
@@ -193,6 +205,15 @@ impl Settings {
                 )));
             }
         }
+        let network_threads = flags
+            .network_threads
+            .or(file.network_threads)
+            .unwrap_or(DEFAULT_NETWORK_THREADS);
+        if network_threads == 0 || network_threads > NETWORK_THREADS_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "network_threads must be 1..={NETWORK_THREADS_MAX}, not {network_threads}"
+            )));
+        }
         let node_id = file.node_id.unwrap_or(1);
         let cluster = match file.cluster {
             None => None,
@@ -208,6 +229,7 @@ impl Settings {
             listen,
             admin_listen,
             shards: flags.shards.or(file.shards),
+            network_threads,
             node_id,
             advertised_addr: file.advertised_addr.unwrap_or_else(|| listen.to_string()),
             tls: file.tls,
@@ -303,6 +325,24 @@ mod tests {
     }
 
     #[test]
+    fn network_threads_come_from_the_file_or_the_flag_and_must_be_positive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, "network_threads = 3\n").unwrap();
+        let p = path.to_str().unwrap();
+        let s = Settings::resolve(&flags(&["--config", p])).unwrap();
+        assert_eq!(s.network_threads, 3);
+        let s = Settings::resolve(&flags(&["--config", p, "--network-threads", "1"])).unwrap();
+        assert_eq!(s.network_threads, 1);
+        for bad in ["0", "257"] {
+            assert!(matches!(
+                Settings::resolve(&flags(&["--network-threads", bad])),
+                Err(ConfigError::Invalid(m)) if m.contains("network_threads")
+            ));
+        }
+    }
+
+    #[test]
     fn flags_override_the_file_and_bad_files_are_typed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sluice.toml");
@@ -316,6 +356,7 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("/srv/sluice"));
         assert_eq!(s.listen.to_string(), "0.0.0.0:9000");
         assert_eq!(s.shards, Some(1));
+        assert_eq!(s.network_threads, DEFAULT_NETWORK_THREADS);
         assert_eq!(s.storage.segment_bytes, Some(1 << 20));
         std::fs::write(&path, "listen = 7\n").unwrap();
         assert!(matches!(

@@ -102,7 +102,7 @@ fn run(flags: &Flags) -> i32 {
         "engine started"
     );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(settings.network_threads)
         .thread_name("sluice-gateway")
         .enable_all()
         .build()
