@@ -4,7 +4,8 @@
 # and read the spread across rounds). Each round runs:
 #   1. the storage benchmark's raw append+sync (1 MiB batches, one fdatasync each: the
 #      disk's ceiling for an appending log),
-#   2. sluice-bench, acks=all, 1 KiB messages, 4 producers, 8 partitions, each produce
+#   2. sluice-bench, acks=all, 1 KiB messages, 4 producers, 8 partitions, the SDK's
+#      default linger (5 ms; LINGER_MS overrides), each produce
 #      run on a fresh release broker and data directory after a `sync` (so one run's
 #      dirty pages do not slow the next one's fsyncs):
 #        full      — full speed (2048 records in flight per producer),
@@ -18,6 +19,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 count=${1:-1000000}
 rounds=${2:-3}
+# The SDK's default linger (5 ms). LINGER_MS=1 is what the sittings before 2026-12-04's
+# fourth used: more, smaller requests at the 256 window (benches/README.md).
+linger=${LINGER_MS:-5}
 out=target/sitting
 rm -rf "$out" && mkdir -p "$out"
 cargo build -q --release -p sluice-server -p sluice-bench --bins
@@ -43,7 +47,7 @@ start() {
 run() { # label, then sluice-bench args
   local label=$1; shift
   "$bench" --ca "$data/tls/ca.pem" --no-progress --size 1024 --producers 4 --partitions 8 \
-    --acks all --linger-ms 1 --json "$out/$label.json" "$@" >"$out/$label.txt" 2>&1 || true
+    --acks all --linger-ms "$linger" --json "$out/$label.json" "$@" >"$out/$label.txt" 2>&1 || true
   summary "$label" "$out/$label.json"
 }
 
