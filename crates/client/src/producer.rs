@@ -1592,7 +1592,7 @@ fn push_record(t: &mut TopicState, now: i64, seq: u64, submitted: Submitted) -> 
     let Some(partitions) = t.partitions else {
         return refuse(tx, "producer: no partition count");
     };
-    let partition = match record.partition {
+    let mut partition = match record.partition {
         Some(p) if p >= partitions => {
             return refuse(tx, "the topic has no partition of that number");
         }
@@ -1610,6 +1610,18 @@ fn push_record(t: &mut TopicState, now: i64, seq: u64, submitted: Submitted) -> 
         value: record.value.as_deref(),
         headers: &headers,
     };
+    // A sticky record that does not fit the sticky partition's batch seals it and
+    // moves on with the partitioner (Kafka's "abort on new batch", KIP-480): left in a
+    // batch of its own on the old partition, it would go out alone once that
+    // partition's full batch was acknowledged, a request for one record.
+    if record.partition.is_none()
+        && t.partitioner.is_sticky(rec.key)
+        && t.accumulator.would_overflow(partition, &rec)
+    {
+        t.accumulator.seal_open(partition);
+        t.partitioner.sealed(partition);
+        partition = t.partitioner.partition(rec.key, partitions);
+    }
     let handle = Pending {
         seq,
         taken_ms: now,
@@ -1649,6 +1661,94 @@ mod tests {
         Reply(Some(ReplyTo::Callback(Box::new(move |d| {
             seen.lock().unwrap().push(d);
         }))))
+    }
+
+    /// A topic of `partitions` partitions whose batches hold a few 1000-byte records and
+    /// never linger out, for `push_record`.
+    fn small_batch_topic(partitions: u32) -> TopicState {
+        TopicState {
+            partitions: Some(partitions),
+            meta: Meta::Fresh,
+            meta_failures: 0,
+            waiting: VecDeque::new(),
+            partitioner: Partitioner::new(PartitionStrategy::KeyHash),
+            accumulator: Accumulator::new(BatchConfig {
+                batch_bytes_max: 4096,
+                linger_ms: 60_000,
+                buffer_bytes_max: 1 << 20,
+                limits: Limits::DEFAULT,
+            }),
+            queue: SendQueue::new(1),
+        }
+    }
+
+    /// Pushes `record` as record `seq`; its outcome is dropped.
+    fn push(t: &mut TopicState, seq: u64, record: ProducerRecord) {
+        let buffer = Arc::new(Semaphore::new(1 << 20));
+        let submitted = Submitted {
+            record,
+            timestamp: 0,
+            tx: Reply(None),
+            permit: buffer.try_acquire_many_owned(1000).unwrap(),
+        };
+        assert_eq!(
+            push_record(t, 0, seq, submitted),
+            None,
+            "record {seq} refused"
+        );
+    }
+
+    /// Every batch the accumulator holds, sealed and open, as (partition, records).
+    fn batches(t: &mut TopicState) -> Vec<(u32, usize)> {
+        t.accumulator.seal_all();
+        std::iter::from_fn(|| t.accumulator.poll_ready(0))
+            .map(|b| (b.partition, b.records.len()))
+            .collect()
+    }
+
+    #[test]
+    fn a_sticky_record_that_does_not_fit_moves_on_with_the_partitioner() {
+        let mut t = small_batch_topic(4);
+        for seq in 0..10 {
+            push(&mut t, seq, ProducerRecord::new("t", vec![7u8; 1000]));
+        }
+        let got = batches(&mut t);
+        // One batch per partition, each full but the last: no record was left alone in
+        // a batch of its own behind its partition's full one.
+        let full = got[0].1;
+        assert!(full >= 2, "{got:?}");
+        let partitions: Vec<u32> = got.iter().map(|b| b.0).collect();
+        assert_eq!(
+            partitions,
+            (0..got.len() as u32).collect::<Vec<_>>(),
+            "{got:?}"
+        );
+        assert!(got[..got.len() - 1].iter().all(|b| b.1 == full), "{got:?}");
+        assert_eq!(got.iter().map(|b| b.1).sum::<usize>(), 10);
+
+        // Records that name their partition, or have a key, stay where they belong.
+        let mut t = small_batch_topic(4);
+        for seq in 0..10 {
+            push(
+                &mut t,
+                seq,
+                ProducerRecord::new("t", vec![7u8; 1000]).partition(2),
+            );
+        }
+        let got = batches(&mut t);
+        assert!(got.len() > 1 && got.iter().all(|b| b.0 == 2), "{got:?}");
+        let mut t = small_batch_topic(4);
+        let key = b"k".to_vec();
+        for seq in 0..10 {
+            push(
+                &mut t,
+                seq,
+                ProducerRecord::new("t", vec![7u8; 1000]).key(key.clone()),
+            );
+        }
+        let got = batches(&mut t);
+        let home = crate::session::partition_for_key(&key, 4);
+        assert!(got.len() > 1 && got.iter().all(|b| b.0 == home), "{got:?}");
     }
 
     #[test]

@@ -139,7 +139,9 @@ pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
 pub enum PartitionStrategy {
     /// Records with a key go to [`partition_for_key`]; records without one stick to
     /// one partition until its batch is sealed, then move to the next (large
-    /// batches, even spread).
+    /// batches, even spread). A keyless record that does not fit the sticky batch
+    /// seals it and starts the next partition's batch (not a batch of its own behind
+    /// the full one).
     #[default]
     KeyHash,
     /// Every record to the next partition in turn.
@@ -174,6 +176,12 @@ impl Partitioner {
                 p
             }
         }
+    }
+
+    /// Whether a record with `key` and no explicit partition would go to the sticky
+    /// partition (and move with it when its batch is sealed).
+    pub fn is_sticky(&self, key: Option<&[u8]>) -> bool {
+        self.strategy == PartitionStrategy::KeyHash && key.is_none()
     }
 
     /// A batch was sealed on `partition`: if keyless records were sticking to it, the
@@ -503,6 +511,22 @@ impl<T> Accumulator<T> {
                     .saturating_sub(open.builder.encoded_len());
             }
         }
+    }
+
+    /// Whether `record` does not fit in `partition`'s open batch: pushing it there would
+    /// seal that batch and start the partition's next one with this record alone. (A
+    /// sticky record goes to the next partition instead: `Driver`'s `push_record`.)
+    pub fn would_overflow(&self, partition: u32, record: &RecordRef<'_>) -> bool {
+        let size = record_bytes_estimate(record);
+        self.open.get(&partition).is_some_and(|b| {
+            !b.builder.is_empty()
+                && b.builder.encoded_len().saturating_add(size) > self.config.batch_bytes_max
+        })
+    }
+
+    /// Seals `partition`'s open batch, if it has one; `poll_ready` hands it out next.
+    pub fn seal_open(&mut self, partition: u32) {
+        self.seal(partition);
     }
 
     fn seal(&mut self, partition: u32) {
