@@ -13,6 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 count=${1:-300000}
 rounds=${2:-2}
+# The SDK's default linger (5 ms), as in sitting.sh; LINGER_MS=1 is what the sittings
+# before 2026-12-04's fourth used.
+linger=${LINGER_MS:-5}
 out=target/cluster-sitting
 rm -rf "$out" && mkdir -p "$out"
 cargo build -q --release -p sluice-server -p sluice-cli -p sluice-bench --bins
@@ -27,7 +30,7 @@ trap stop EXIT
 . benches/summary.sh
 run() { # label, server, ca
   "$bench" --server "$2" --ca "$3" --no-progress --size 1024 --producers 4 --partitions 8 \
-    --acks all --linger-ms 1 --in-flight 256 --json "$out/$1.json" produce --count "$count" \
+    --acks all --linger-ms "$linger" --in-flight 256 --json "$out/$1.json" produce --count "$count" \
     >"$out/$1.txt" 2>&1 || true
   summary "$1" "$out/$1.json"
 }
