@@ -220,6 +220,16 @@ async fn after_the_grace_every_connection_is_closed_with_the_shutdown_code() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // The fetch's answer is being written: its frame's length prefix has arrived, and it
+    // is the big answer. (Counting it handled is not enough: a gateway task delayed past
+    // the grace would answer `ShuttingDown` instead, small enough to be acknowledged.)
+    let mut prefix = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), unread_recv.read_exact(&mut prefix))
+        .await
+        .expect("the fetch answer never started")
+        .unwrap();
+    let answer_len = u32::from_le_bytes(prefix) as usize;
+    assert!(answer_len > big.len(), "{answer_len}");
 
     let started = Instant::now();
     let report = h.gateway.shutdown(GRACE).await;
@@ -250,7 +260,7 @@ async fn after_the_grace_every_connection_is_closed_with_the_shutdown_code() {
         assert!(is_shutdown_close(&closed), "{name}: {closed:?}");
     }
     // The answer still in flight when the connection closed is cut off by that close.
-    let mut got = 0usize;
+    let mut got = prefix.len();
     let mut buf = vec![0u8; 64 << 10];
     let cut = loop {
         match unread_recv.read(&mut buf).await {
