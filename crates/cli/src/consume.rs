@@ -10,7 +10,9 @@
 //! partition reached its end, after `--count` records, when stdout is closed, or with
 //! `--follow` on Ctrl-C (all exit 0). With `--follow`, fetches long-poll for
 //! `--max-wait-ms` and transient failures (lost connection, timeouts) are retried with
-//! backoff; without it, any failure ends the command.
+//! backoff; without it, any failure ends the command, except a partition without a
+//! reachable leader (`NotLeader` the SDK could not route past: an election), whose reads
+//! are retried for up to [`ELECTION_WAIT`] either way.
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -37,6 +39,37 @@ const RETRY_BACKOFF_MS_MAX: u64 = 5000;
 const EMPTY_FETCH_PAUSE_MS: u64 = 20;
 
 const _: () = assert!(RETRY_BACKOFF_MS_MIN <= RETRY_BACKOFF_MS_MAX);
+
+/// How long a read waits out a partition without a leader (an election: a topic just
+/// created, a leader that died) before the command fails with it.
+pub const ELECTION_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether `e` is a `NotLeader` the SDK could not route past: the partition has no
+/// leader right now, or the one named could not be reached yet.
+fn is_leaderless(e: &ClientError) -> bool {
+    e.broker_error()
+        .is_some_and(|b| b.code == ErrorCode::NotLeader)
+}
+
+/// Runs the read `call`, again with backoff while it finds the partition leaderless,
+/// for at most `wait`; any other outcome, or the last leaderless one, is returned.
+async fn through_elections<T, F, Fut>(wait: Duration, mut call: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut backoff = Duration::from_millis(RETRY_BACKOFF_MS_MIN);
+    loop {
+        match call().await {
+            Err(e) if is_leaderless(&e) && tokio::time::Instant::now() + backoff < deadline => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            result => return result,
+        }
+    }
+}
 
 /// Where one partition's read starts and (without `--follow`) ends.
 #[derive(Debug, Clone, Copy)]
@@ -159,16 +192,17 @@ async fn plan(
     from: Start,
     follow: bool,
 ) -> Result<Plan, Fail> {
-    let list = |spec| async move {
-        client
-            .list_offsets(topic, partition, spec)
-            .await
-            .map_err(|e| {
-                Fail::client(
-                    &format!("list offsets of topic '{topic}' partition {partition}"),
-                    &e,
-                )
-            })
+    let list = |spec: OffsetSpec| async move {
+        through_elections(ELECTION_WAIT, || {
+            client.list_offsets(topic, partition, spec)
+        })
+        .await
+        .map_err(|e| {
+            Fail::client(
+                &format!("list offsets of topic '{topic}' partition {partition}"),
+                &e,
+            )
+        })
     };
     let missing = || {
         Fail::broker(format!(
@@ -230,10 +264,11 @@ async fn fetch_loop(f: &Fetching, plan: Plan, tx: &mpsc::Sender<Chunk>) -> Resul
         }
         // Below the end the data is there: no reason to wait.
         let wait_ms = if plan.end.is_some() { 0 } else { f.max_wait_ms };
-        let fetched = f
-            .client
-            .fetch(topic, partition, offset, f.fetch_bytes, wait_ms)
-            .await;
+        let fetched = through_elections(ELECTION_WAIT, || {
+            f.client
+                .fetch(topic, partition, offset, f.fetch_bytes, wait_ms)
+        })
+        .await;
         let (ok, payload) = match fetched {
             Ok(fetched) => {
                 backoff_ms = RETRY_BACKOFF_MS_MIN;
@@ -292,5 +327,61 @@ async fn fetch_loop(f: &Fetching, plan: Plan, tx: &mpsc::Sender<Chunk>) -> Resul
             // The printer is done (count reached or stdout closed).
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use sluice_proto::wire::ErrorBody;
+
+    use super::*;
+
+    fn broker(code: ErrorCode) -> ClientError {
+        ClientError::Broker(ErrorBody::new(code, "test"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_wait_out_an_election_but_nothing_else_and_not_for_ever() {
+        // Leaderless twice, then answered: the answer comes back.
+        let calls = AtomicU32::new(0);
+        let got = through_elections(ELECTION_WAIT, || async {
+            match calls.fetch_add(1, Ordering::SeqCst) {
+                0 | 1 => Err(broker(ErrorCode::NotLeader)),
+                n => Ok(n),
+            }
+        })
+        .await;
+        assert_eq!(got.unwrap(), 2);
+
+        // Another error is returned at once.
+        let calls = AtomicU32::new(0);
+        let got: Result<(), _> = through_elections(ELECTION_WAIT, || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(broker(ErrorCode::UnknownTopic))
+        })
+        .await;
+        assert_eq!(
+            got.unwrap_err().broker_error().map(|b| b.code),
+            Some(ErrorCode::UnknownTopic)
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        // A partition that stays leaderless: the NotLeader, once the wait is over.
+        let started = tokio::time::Instant::now();
+        let got: Result<(), _> = through_elections(ELECTION_WAIT, || async {
+            Err(broker(ErrorCode::NotLeader))
+        })
+        .await;
+        assert_eq!(
+            got.unwrap_err().broker_error().map(|b| b.code),
+            Some(ErrorCode::NotLeader)
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited <= ELECTION_WAIT && waited >= ELECTION_WAIT - Duration::from_secs(2),
+            "{waited:?}"
+        );
     }
 }
