@@ -221,8 +221,9 @@ async fn after_the_grace_every_connection_is_closed_with_the_shutdown_code() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // The fetch's answer is being written: its frame's length prefix has arrived, and it
-    // is the big answer. (Counting it handled is not enough: a gateway task delayed past
-    // the grace would answer `ShuttingDown` instead, small enough to be acknowledged.)
+    // is the big answer. (The counts above are not enough: the SDK's own requests count
+    // as handled too, and a fetch not yet dispatched when the drain starts is refused
+    // with a stream reset, leaving nothing unacknowledged.)
     let mut prefix = [0u8; 4];
     tokio::time::timeout(Duration::from_secs(5), unread_recv.read_exact(&mut prefix))
         .await

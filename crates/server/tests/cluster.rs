@@ -46,9 +46,14 @@ impl Clients {
                 connect_timeout: Duration::from_millis(500),
                 ..ClientOptions::default()
             };
-            let client = Client::connect_with(a.quic, ClientTls::ca_file(c.ca_path()), options)
-                .await
-                .unwrap();
+            // The node is up, but on a loaded machine its first handshake can take longer
+            // than that: dial again rather than fail.
+            let client = eventually(SETTLE, POLL, async || {
+                Client::connect_with(a.quic, ClientTls::ca_file(c.ca_path()), options.clone())
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await;
             by_node.insert(a.id as u32, client);
         }
         Clients { by_node }
