@@ -1618,7 +1618,7 @@ fn push_record(t: &mut TopicState, now: i64, seq: u64, submitted: Submitted) -> 
         && t.partitioner.is_sticky(rec.key)
         && t.accumulator.would_overflow(partition, &rec)
     {
-        t.accumulator.seal_open(partition);
+        t.accumulator.seal(partition);
         t.partitioner.sealed(partition);
         partition = t.partitioner.partition(rec.key, partitions);
     }

@@ -431,9 +431,7 @@ impl<T> Accumulator<T> {
         }
         let mut sealed = None;
         let max = self.config.batch_bytes_max;
-        if self.open.get(&partition).is_some_and(|b| {
-            !b.builder.is_empty() && b.builder.encoded_len().saturating_add(size) > max
-        }) {
+        if self.overflows(partition, size) {
             self.seal(partition);
             sealed = Some(partition);
         }
@@ -517,7 +515,12 @@ impl<T> Accumulator<T> {
     /// seal that batch and start the partition's next one with this record alone. (A
     /// sticky record goes to the next partition instead: `Driver`'s `push_record`.)
     pub fn would_overflow(&self, partition: u32, record: &RecordRef<'_>) -> bool {
-        let size = record_bytes_estimate(record);
+        self.overflows(partition, record_bytes_estimate(record))
+    }
+
+    /// Whether `size` more bytes do not fit in `partition`'s open batch (an empty one
+    /// takes any record the limits allow).
+    fn overflows(&self, partition: u32, size: usize) -> bool {
         self.open.get(&partition).is_some_and(|b| {
             !b.builder.is_empty()
                 && b.builder.encoded_len().saturating_add(size) > self.config.batch_bytes_max
@@ -525,11 +528,7 @@ impl<T> Accumulator<T> {
     }
 
     /// Seals `partition`'s open batch, if it has one; `poll_ready` hands it out next.
-    pub fn seal_open(&mut self, partition: u32) {
-        self.seal(partition);
-    }
-
-    fn seal(&mut self, partition: u32) {
+    pub fn seal(&mut self, partition: u32) {
         let Some(open) = self.open.remove(&partition) else {
             return;
         };

@@ -148,7 +148,7 @@ impl Tally {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Record `seq` is about to be handed to the SDK.
+    /// A record is about to be handed to the SDK.
     fn handing(&self) {
         self.outstanding.fetch_add(1, Ordering::AcqRel);
     }
