@@ -841,8 +841,17 @@ impl BatchBuilder {
     /// reallocations, each a copy of everything pushed so far). At most the batch
     /// limit is reserved.
     pub fn with_capacity(limits: Limits, bytes: usize) -> Self {
+        Self::with_buffer(limits, Vec::new(), bytes)
+    }
+
+    /// Like [`BatchBuilder::with_capacity`], in `buf`'s allocation (a finished batch's,
+    /// say, once sent): its bytes are discarded, and it grows to `bytes` (at most the
+    /// batch limit) only if it is smaller. A reused buffer's pages are already mapped,
+    /// where a fresh one of a megabyte pays a page fault and the zeroing of every page.
+    pub fn with_buffer(limits: Limits, mut buf: Vec<u8>, bytes: usize) -> Self {
         let max = usize::try_from(limits.batch_bytes_max).unwrap_or(usize::MAX);
-        let mut buf = Vec::with_capacity(bytes.clamp(HEADER_LEN, max.max(HEADER_LEN)));
+        buf.clear();
+        buf.reserve(bytes.clamp(HEADER_LEN, max.max(HEADER_LEN)));
         buf.resize(HEADER_LEN, 0);
         BatchBuilder {
             limits,

@@ -72,8 +72,8 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ClientError;
 use crate::session::{
-    classify_failure, record_bytes_max, Accumulator, BatchConfig, Outcome, PartitionStrategy,
-    Partitioner, ProduceFailure, ReadyBatch, RecordRef, RetryPolicy, SendQueue,
+    classify_failure, record_bytes_max, Accumulator, BatchConfig, BufferPool, Outcome,
+    PartitionStrategy, Partitioner, ProduceFailure, ReadyBatch, RecordRef, RetryPolicy, SendQueue,
 };
 use crate::transport::Client;
 
@@ -820,6 +820,8 @@ struct Driver {
     producer_id: ProducerId,
     /// `InitProducer` attempts failed in a row.
     init_failures: u32,
+    /// Acknowledged batches' buffers, for the next batches of every topic.
+    pool: BufferPool,
 }
 
 /// The sequence numbers of the records the driver took and has not resolved. They are
@@ -898,9 +900,13 @@ impl Driver {
         } else {
             ProducerId::Off
         };
+        // Idle buffers up to a quarter of the record buffer: enough for the batches of
+        // the requests in flight to come back and be refilled.
+        let pool = BufferPool::new(config.buffer_bytes_max / 4);
         Driver {
             client,
             producer_id,
+            pool,
             init_failures: 0,
             policy: config.retry_policy(),
             config,
@@ -993,7 +999,7 @@ impl Driver {
             Some((name, _)) => name.clone(),
             None => {
                 let name: Arc<str> = Arc::from(submitted.record.topic.as_str());
-                let mut accumulator = Accumulator::new(batch_config);
+                let mut accumulator = Accumulator::with_pool(batch_config, self.pool.clone());
                 if let ProducerId::Ready { producer_id, epoch } = self.producer_id {
                     accumulator.set_producer(producer_id, epoch);
                 }
@@ -1356,6 +1362,7 @@ impl Driver {
             Ok(ok) => {
                 t.queue.complete(partition, Outcome::Done, None);
                 t.accumulator.release(batch.bytes.len());
+                t.accumulator.recycle(std::mem::take(&mut batch.bytes));
                 for (i, pending) in batch.records.into_iter().enumerate() {
                     self.unresolved.remove(pending.seq);
                     pending.tx.resolve(Ok(RecordMetadata {

@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sluice_proto::wire::{ErrorBody, ErrorCode, ErrorDetail, WriteOutcome};
 use sluice_proto::{BatchBuilder, BatchError, BatchView, Limits};
@@ -329,6 +330,69 @@ pub enum PushError {
     Invalid(BatchError),
 }
 
+/// Buffers of acknowledged batches, kept for the next batches to fill: Kafka's producer
+/// pools its batch buffers too. A fresh buffer of a megabyte costs a page fault and the
+/// zeroing of each of its pages on first touch (on a virtual machine also the host
+/// backing the page), which a reused one has paid once. Cloning shares the pool: one
+/// producer's topics draw from one. At most `bytes_max` bytes of capacity are kept.
+#[derive(Debug, Clone)]
+pub struct BufferPool {
+    inner: Arc<Mutex<PoolState>>,
+}
+
+#[derive(Debug)]
+struct PoolState {
+    free: Vec<Vec<u8>>,
+    /// Capacity of the buffers in `free`.
+    bytes: usize,
+    bytes_max: usize,
+}
+
+impl BufferPool {
+    /// An empty pool that keeps at most `bytes_max` bytes of idle buffers.
+    pub fn new(bytes_max: usize) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(PoolState {
+                free: Vec::new(),
+                bytes: 0,
+                bytes_max,
+            })),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        // The state is a list and a sum updated together: a panic elsewhere cannot
+        // leave it half-changed, so a poisoned lock's state is fine to use.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps `buf` for reuse, or drops it if the pool is full.
+    pub fn put(&self, buf: Vec<u8>) {
+        let mut state = self.state();
+        let cap = buf.capacity();
+        if cap == 0 || state.bytes.saturating_add(cap) > state.bytes_max {
+            return;
+        }
+        state.bytes += cap;
+        state.free.push(buf);
+    }
+
+    /// The most recently kept buffer (its pages the likeliest to be in cache) if it
+    /// holds at least `bytes`; a smaller one is dropped rather than grown (growing
+    /// copies its old allocation), and `None` says to allocate.
+    pub fn take(&self, bytes: usize) -> Option<Vec<u8>> {
+        let mut state = self.state();
+        let buf = state.free.pop()?;
+        state.bytes -= buf.capacity();
+        (buf.capacity() >= bytes).then_some(buf)
+    }
+
+    /// Bytes of capacity held idle.
+    pub fn idle_bytes(&self) -> usize {
+        self.state().bytes
+    }
+}
+
 #[derive(Debug)]
 struct OpenBatch<T> {
     builder: BatchBuilder,
@@ -348,11 +412,20 @@ pub struct Accumulator<T> {
     /// Per partition: the encoded size and record count of its last sealed batch, from
     /// which its next one's capacity is sized (see `open_batch`).
     last_sealed: BTreeMap<u32, (usize, usize)>,
+    /// Where new batches take their buffers from and [`Accumulator::recycle`] puts them.
+    pool: BufferPool,
 }
 
 impl<T> Accumulator<T> {
-    /// An empty accumulator.
+    /// An empty accumulator, with a buffer pool of its own that keeps up to a quarter
+    /// of `buffer_bytes_max`.
     pub fn new(config: BatchConfig) -> Self {
+        let pool = BufferPool::new(config.buffer_bytes_max / 4);
+        Self::with_pool(config, pool)
+    }
+
+    /// An empty accumulator drawing batch buffers from `pool` (shared with others).
+    pub fn with_pool(config: BatchConfig, pool: BufferPool) -> Self {
         Self {
             config,
             open: BTreeMap::new(),
@@ -360,7 +433,13 @@ impl<T> Accumulator<T> {
             buffered_bytes: 0,
             sequences: None,
             last_sealed: BTreeMap::new(),
+            pool,
         }
+    }
+
+    /// Gives back an acknowledged batch's buffer, for a later batch to fill.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.pool.put(buf);
     }
 
     /// Stamps every batch sealed from now on as idempotent producer `producer_id` at
@@ -478,6 +557,7 @@ impl<T> Accumulator<T> {
     fn open_batch(&mut self, partition: u32, now_ms: i64) -> &mut OpenBatch<T> {
         let limits = self.config.limits;
         let buffered = &mut self.buffered_bytes;
+        let pool = &self.pool;
         // Twice the last batch: one that grows less than that never reallocates (each
         // reallocation copies everything pushed so far). A batch's size follows the
         // timing of its partition's requests, so consecutive batches differ widely.
@@ -486,8 +566,11 @@ impl<T> Accumulator<T> {
             .get(&partition)
             .map_or((0, 0), |&(b, r)| (b.saturating_mul(2), r.saturating_mul(2)));
         self.open.entry(partition).or_insert_with(|| {
-            let builder =
-                BatchBuilder::with_capacity(limits, bytes.min(self.config.batch_bytes_max));
+            let bytes = bytes.min(self.config.batch_bytes_max);
+            let builder = match pool.take(bytes) {
+                Some(buf) => BatchBuilder::with_buffer(limits, buf, bytes),
+                None => BatchBuilder::with_capacity(limits, bytes),
+            };
             *buffered += builder.encoded_len();
             OpenBatch {
                 builder,
@@ -930,6 +1013,48 @@ mod tests {
             linger_ms,
             ..BatchConfig::default()
         }
+    }
+
+    #[test]
+    fn the_buffer_pool_keeps_what_fits_its_bound_and_hands_back_the_newest() {
+        let pool = BufferPool::new(10_000);
+        pool.put(Vec::with_capacity(4_000));
+        pool.put(Vec::new()); // no allocation: nothing to keep
+        let newest = Vec::<u8>::with_capacity(5_000);
+        let newest_ptr = newest.as_ptr();
+        pool.put(newest);
+        pool.put(Vec::with_capacity(2_000)); // 11,000 bytes would pass the bound
+        assert_eq!(pool.idle_bytes(), 9_000);
+        let got = pool.take(5_000).unwrap();
+        assert_eq!(got.as_ptr(), newest_ptr);
+        // The 4,000-byte one is too small for 4,001: dropped, and the caller allocates.
+        assert!(pool.take(4_001).is_none());
+        assert_eq!(pool.idle_bytes(), 0);
+        assert!(pool.take(0).is_none());
+    }
+
+    #[test]
+    fn a_recycled_batch_buffer_is_the_next_batchs_and_the_pool_is_shared() {
+        let pool = BufferPool::new(1 << 20);
+        let mut a: Accumulator<u32> = Accumulator::with_pool(cfg(100_000, 0), pool.clone());
+        let mut b: Accumulator<u32> = Accumulator::with_pool(cfg(100_000, 0), pool.clone());
+        let value = [4u8; 500];
+        a.push(0, 0, RecordRef::new(0, None, Some(&value)), 0)
+            .unwrap();
+        let sent = a.poll_ready(1).unwrap();
+        let ptr = sent.bytes.as_ptr();
+        a.recycle(sent.bytes);
+        assert!(pool.idle_bytes() > 0);
+        // Another topic's accumulator takes it for its next batch, which holds only
+        // its own record.
+        b.push(2, 3, RecordRef::new(0, None, Some(b"x")), 1)
+            .unwrap();
+        assert_eq!(pool.idle_bytes(), 0);
+        let next = b.poll_ready(3).unwrap();
+        assert_eq!(next.bytes.as_ptr(), ptr);
+        let view = BatchView::parse(&next.bytes, &Limits::DEFAULT).unwrap();
+        let values: Vec<_> = view.records().map(|r| r.value).collect();
+        assert_eq!(values, vec![Some(&b"x"[..])]);
     }
 
     #[test]

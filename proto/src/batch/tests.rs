@@ -860,3 +860,27 @@ fn a_builder_with_capacity_encodes_what_a_plain_one_does() {
         assert_eq!(plain.finish().unwrap(), reserved.finish().unwrap());
     }
 }
+
+#[test]
+fn a_builder_in_a_used_buffer_encodes_what_a_fresh_one_does_in_the_same_allocation() {
+    let value = vec![9u8; 300];
+    let mut first = BatchBuilder::new(LIMITS);
+    for i in 0..20 {
+        first.push(i, None, Some(&value), &[]).unwrap();
+    }
+    let used = first.finish().unwrap();
+    let (ptr, cap) = (used.as_ptr(), used.capacity());
+    let build = |b: BatchBuilder| {
+        let mut b = b;
+        b.push(5, Some(b"k"), Some(b"v"), &[("h", None)]).unwrap();
+        b.finish().unwrap()
+    };
+    // Room enough: the old allocation, none of the old bytes.
+    let reused = build(BatchBuilder::with_buffer(LIMITS, used, 1000));
+    assert_eq!(reused, build(BatchBuilder::new(LIMITS)));
+    assert_eq!((reused.as_ptr(), reused.capacity()), (ptr, cap));
+    // Asked for more than it holds: it grows to that.
+    let grown = BatchBuilder::with_buffer(LIMITS, reused, cap + 4096);
+    assert!(grown.buf.capacity() >= cap + 4096);
+    assert_eq!(build(grown), build(BatchBuilder::new(LIMITS)));
+}
