@@ -47,15 +47,6 @@ impl Service for BrokerService {
     }
 }
 
-/// mimalloc, not glibc's malloc: every produce request's payload (up to a megabyte) is
-/// allocated on a gateway thread and freed on the shard that appended it, and glibc
-/// served each from freshly mapped memory: 43-49k page faults in the broker per 1M
-/// 1 KiB records at full speed, against 10-13k with mimalloc, which keeps the pages
-/// for reuse (on a virtual machine a fresh page also costs the host backing it).
-/// Five interleaved rounds: 369k against 351k msgs/s mean (benches/README.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let flags = Flags::parse();
     tracing_subscriber::fmt()
