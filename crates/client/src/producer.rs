@@ -782,7 +782,10 @@ enum Done {
         partition: u32,
         /// Sent as the probe of a connection that was down.
         probe: bool,
+        /// Its `bytes` are in `sent` meanwhile.
         batch: Batch,
+        /// The batch's bytes as QUIC was given them (QUIC may still hold a reference).
+        sent: bytes::Bytes,
         result: Result<ProduceOk, ClientError>,
     },
     Metadata {
@@ -1130,19 +1133,19 @@ impl Driver {
             let acks = self.config.acks;
             let timeout_ms = self.config.request_timeout_ms;
             self.work.push(Box::pin(async move {
-                // The batch's buffer goes to QUIC as it is and comes back for a retry
-                // (a copy only if QUIC still holds the chunk, unacknowledged).
+                // The batch's buffer goes to QUIC as it is; `produced` takes it back
+                // for a retry or for the buffer pool.
                 let mut batch = batch;
-                let bytes = bytes::Bytes::from(std::mem::take(&mut batch.bytes));
+                let sent = bytes::Bytes::from(std::mem::take(&mut batch.bytes));
                 let result = client
-                    .produce_bytes(&topic, partition, &bytes, acks, timeout_ms)
+                    .produce_bytes(&topic, partition, &sent, acks, timeout_ms)
                     .await;
-                batch.bytes = Vec::from(bytes);
                 Done::Produce {
                     topic,
                     partition,
                     probe,
                     batch,
+                    sent,
                     result,
                 }
             }));
@@ -1279,6 +1282,7 @@ impl Driver {
                 partition,
                 probe,
                 batch,
+                sent,
                 result,
             } => {
                 self.produce_in_flight = self.produce_in_flight.saturating_sub(1);
@@ -1295,7 +1299,7 @@ impl Driver {
                 } else {
                     self.link.failures = 0;
                 }
-                self.produced(topic, partition, batch, result);
+                self.produced(topic, partition, batch, sent, result);
             }
             Done::Metadata { topic, result } => self.metadata(topic, result),
             Done::InitProducer { result } => self.init_producer_done(result),
@@ -1308,13 +1312,16 @@ impl Driver {
         topic: Arc<str>,
         partition: u32,
         mut batch: Batch,
+        sent: bytes::Bytes,
         result: Result<ProduceOk, ClientError>,
     ) {
         let now = self.now_ms();
         let idempotent = self.config.idempotence;
+        let sent_len = sent.len();
         let Some(t) = self.topics.get_mut(&topic) else {
             // Topics are never removed, so this is a bug; fail the records rather than
             // losing their futures.
+            batch.bytes = Vec::from(sent);
             self.fail_batch(&topic, batch, invalid("producer lost a topic's state"));
             return;
         };
@@ -1361,8 +1368,12 @@ impl Driver {
         match result {
             Ok(ok) => {
                 t.queue.complete(partition, Outcome::Done, None);
-                t.accumulator.release(batch.bytes.len());
-                t.accumulator.recycle(std::mem::take(&mut batch.bytes));
+                t.accumulator.release(sent_len);
+                // Into the pool only if QUIC has let go of it (no copy: one QUIC still
+                // holds, for unacknowledged packets, is freed when it lets go).
+                if let Ok(unique) = sent.try_into_mut() {
+                    t.accumulator.recycle(Vec::from(unique));
+                }
                 for (i, pending) in batch.records.into_iter().enumerate() {
                     self.unresolved.remove(pending.seq);
                     pending.tx.resolve(Ok(RecordMetadata {
@@ -1374,6 +1385,8 @@ impl Driver {
                 }
             }
             Err(error) => {
+                // A retry sends these bytes again: a copy only if QUIC still holds them.
+                batch.bytes = Vec::from(sent);
                 batch.failures += 1;
                 let (retriable, outcome) = match facts {
                     Some(ProduceFailure::Failed { retriable, outcome }) => (retriable, outcome),
