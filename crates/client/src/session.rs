@@ -377,12 +377,19 @@ impl BufferPool {
         state.free.push(buf);
     }
 
-    /// The most recently kept buffer (its pages the likeliest to be in cache) if it
-    /// holds at least `bytes`; a smaller one is dropped rather than grown (growing
-    /// copies its old allocation), and `None` says to allocate.
+    /// The largest kept buffer, if it holds at least `bytes`: `bytes` is only the
+    /// batch's expected size, and a batch that outgrows its buffer reallocates and
+    /// copies it, so the most room is the best pick. One smaller than `bytes` is
+    /// dropped rather than grown (growing copies its old allocation), and `None` says
+    /// to allocate.
     pub fn take(&self, bytes: usize) -> Option<Vec<u8>> {
         let mut state = self.state();
-        let buf = state.free.pop()?;
+        let (largest, _) = state
+            .free
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, b)| b.capacity())?;
+        let buf = state.free.swap_remove(largest);
         state.bytes -= buf.capacity();
         (buf.capacity() >= bytes).then_some(buf)
     }
@@ -1016,20 +1023,24 @@ mod tests {
     }
 
     #[test]
-    fn the_buffer_pool_keeps_what_fits_its_bound_and_hands_back_the_newest() {
-        let pool = BufferPool::new(10_000);
-        pool.put(Vec::with_capacity(4_000));
+    fn the_buffer_pool_keeps_what_fits_its_bound_and_hands_back_the_largest() {
+        let pool = BufferPool::new(12_000);
+        let largest = Vec::<u8>::with_capacity(5_000);
+        let largest_ptr = largest.as_ptr();
+        pool.put(largest);
         pool.put(Vec::new()); // no allocation: nothing to keep
-        let newest = Vec::<u8>::with_capacity(5_000);
-        let newest_ptr = newest.as_ptr();
-        pool.put(newest);
-        pool.put(Vec::with_capacity(2_000)); // 11,000 bytes would pass the bound
-        assert_eq!(pool.idle_bytes(), 9_000);
-        let got = pool.take(5_000).unwrap();
-        assert_eq!(got.as_ptr(), newest_ptr);
+        pool.put(Vec::with_capacity(4_000));
+        pool.put(Vec::with_capacity(2_000));
+        pool.put(Vec::with_capacity(1_001)); // 12,001 bytes would pass the bound
+        assert_eq!(pool.idle_bytes(), 11_000);
+        // Asked for little, it still gives the most room.
+        let got = pool.take(100).unwrap();
+        assert_eq!(got.as_ptr(), largest_ptr);
+        assert_eq!(pool.idle_bytes(), 6_000);
         // The 4,000-byte one is too small for 4,001: dropped, and the caller allocates.
         assert!(pool.take(4_001).is_none());
-        assert_eq!(pool.idle_bytes(), 0);
+        assert_eq!(pool.idle_bytes(), 2_000);
+        assert_eq!(pool.take(2_000).map(|b| b.capacity()), Some(2_000));
         assert!(pool.take(0).is_none());
     }
 
