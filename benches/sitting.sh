@@ -3,7 +3,8 @@
 # machine, in ROUNDS rounds (the box is noisy: compare only numbers from one sitting,
 # and read the spread across rounds). Each round runs:
 #   1. the storage benchmark's raw append+sync (1 MiB batches, one fdatasync each: the
-#      disk's ceiling for an appending log),
+#      disk's ceiling for an appending log), buffered (the engine's backend) and
+#      O_DIRECT,
 #   2. sluice-bench, acks=all, 1 KiB messages, 4 producers, 8 partitions, the SDK's
 #      default linger (5 ms; LINGER_MS overrides), each produce
 #      run on a fresh release broker and data directory after a `sync` (so one run's
@@ -59,6 +60,11 @@ for r in $(seq "$rounds"); do
   echo "== round $r"
   sync
   target/release/sluice-storage-bench --backend glommio --total-mib 512 --dir target \
+    | grep RESULT | sed 's/^/  storage /'
+  # The same through O_DIRECT: on a virtual machine whose fresh pages are slow to back,
+  # the page cache can halve the buffered figure (benches/README.md, 2026-12-04).
+  sync
+  target/release/sluice-storage-bench --backend glommio-direct --total-mib 512 --dir target \
     | grep RESULT | sed 's/^/  storage /'
   start; run "full-$r" --in-flight 2048 --batch-bytes "$full_batch" produce --count "$count"
   rate=$(python3 -c "import json; print(int(json.load(open('$out/full-$r.json'))['msgs_per_sec'] / 2))")
