@@ -110,7 +110,9 @@ pub struct ProducerConfig {
     /// Most bytes of records held, from `send` until their batch is acknowledged or
     /// fails; `send` waits while it is full. Default 64 MiB. Each record counts its
     /// worst-case encoded size (its bytes plus at most 61 bytes, and 20 per header); a
-    /// record larger than the whole buffer waits for the buffer to empty.
+    /// record larger than the whole buffer waits for the buffer to empty. Besides it,
+    /// the buffers of acknowledged batches are kept for the next batches to fill, up
+    /// to a quarter of this many bytes of them ([`crate::session::BufferPool`]).
     pub buffer_bytes_max: usize,
     /// Durability asked of the broker before it acknowledges. Default `All`.
     pub acks: Acks,
