@@ -1371,8 +1371,8 @@ impl Driver {
             Ok(ok) => {
                 t.queue.complete(partition, Outcome::Done, None);
                 t.accumulator.release(sent_len);
-                // Into the pool only if QUIC has let go of it (no copy: one QUIC still
-                // holds, for unacknowledged packets, is freed when it lets go).
+                // Into the pool only if QUIC has let go of it. One that QUIC still holds
+                // (for packets not yet acknowledged) is freed when QUIC drops it, uncopied.
                 if let Ok(unique) = sent.try_into_mut() {
                     t.accumulator.recycle(Vec::from(unique));
                 }
