@@ -13,7 +13,8 @@
 #        window256 — the NATS anchor's window (256 in flight per producer),
 #        half      — open loop at 50% of this round's full speed,
 #        consume   — reading the half run's topic back from the hot log,
-#   3. NATS JetStream R1 (../shared/peers/nats-bench/run.sh) under the same load.
+#   3. NATS JetStream R1 (../shared/peers/nats-bench/run.sh) under the same load,
+#   4. the round's ratios against issue 3's targets (benches/ratios.py).
 # usage: benches/sitting.sh [COUNT] [ROUNDS]   (defaults 1,000,000 messages, 3 rounds)
 # JSON reports go to target/sitting/; one summary line per run is printed.
 set -euo pipefail
@@ -60,12 +61,12 @@ for r in $(seq "$rounds"); do
   echo "== round $r"
   sync
   target/release/sluice-storage-bench --backend glommio --total-mib 512 --dir target \
-    | grep RESULT | sed 's/^/  storage /'
+    | grep RESULT | tee "$out/storage-$r.txt" | sed 's/^/  storage /'
   # The same through O_DIRECT: on a virtual machine whose fresh pages are slow to back,
   # the page cache can halve the buffered figure (benches/README.md, 2026-12-04).
   sync
   target/release/sluice-storage-bench --backend glommio-direct --total-mib 512 --dir target \
-    | grep RESULT | sed 's/^/  storage /'
+    | grep RESULT | tee "$out/storage-direct-$r.txt" | sed 's/^/  storage /'
   start; run "full-$r" --in-flight 2048 --batch-bytes "$full_batch" produce --count "$count"
   rate=$(python3 -c "import json; print(int(json.load(open('$out/full-$r.json'))['msgs_per_sec'] / 2))")
   start; run "window256-$r" --in-flight 256 produce --count "$count"
@@ -73,5 +74,6 @@ for r in $(seq "$rounds"); do
   run "consume-$r" consume
   stop; sync
   ../shared/peers/nats-bench/run.sh 1 --size 1024 --producers 4 --inflight 256 --count "$count" --max-secs 20 \
-    | grep RESULT | sed 's/^/  nats /'
+    | grep RESULT | tee "$out/nats-$r.txt" | sed 's/^/  nats /'
+  python3 benches/ratios.py "$out" "$r"
 done
