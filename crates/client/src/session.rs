@@ -574,10 +574,9 @@ impl<T> Accumulator<T> {
             .map_or((0, 0), |&(b, r)| (b.saturating_mul(2), r.saturating_mul(2)));
         self.open.entry(partition).or_insert_with(|| {
             let bytes = bytes.min(self.config.batch_bytes_max);
-            let builder = match pool.take(bytes) {
-                Some(buf) => BatchBuilder::with_buffer(limits, buf, bytes),
-                None => BatchBuilder::with_capacity(limits, bytes),
-            };
+            // No pooled buffer that fits: an empty `Vec`, which `with_buffer` sizes.
+            let buf = pool.take(bytes).unwrap_or_default();
+            let builder = BatchBuilder::with_buffer(limits, buf, bytes);
             *buffered += builder.encoded_len();
             OpenBatch {
                 builder,
