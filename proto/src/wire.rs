@@ -52,12 +52,31 @@ pub const ALPN: &[u8] = b"sluice/1";
 
 /// The largest UDP payload Sluice's QUIC endpoints accept from a peer and search for
 /// with path MTU discovery. On a path with a smaller MTU (1500-byte Ethernet) discovery
-/// settles below it by itself (QUIC's usual ceiling is 1452). Measured on loopback, RF=3
-/// acks=all, `benches/cluster-sitting.sh`'s load, three interleaved rounds each: 1452
-/// gave 47–58k msgs/s (p99 38–45 ms), 4000 gave 55–61k (p99 40–46 ms), and a jumbo
-/// frame's 8952 only 39–45k with a p99 of 136–141 ms, so the bound is not the largest
-/// the path allows.
-pub const UDP_PAYLOAD_MAX: u16 = 4000;
+/// settles below it by itself (QUIC's usual ceiling is 1452).
+///
+/// Bounded by segmentation offload: quinn hands the kernel up to
+/// [`QUIC_GSO_SEGMENTS_MAX`] datagrams per `sendmsg` (UDP GSO), and the kernel refuses a
+/// batch past one IP datagram's 65,507 bytes of payload, after which quinn-udp turns
+/// GSO off for the socket for good and sends every packet with its own system call.
+/// That is what sank the larger sizes tried before (a jumbo frame's 8952: RF=3 39–45k
+/// msgs/s, p99 136–141 ms, against 55–61k at 4000; 16000: load generator CPU +40%).
+/// Within the bound, larger packets pay: 6400 against 4000 (single node, full speed, 1M
+/// records, three interleaved pairs) cost the broker 2.02–2.09 s of CPU against
+/// 2.24–2.42 s and the load generator 1.46–1.53 s against 1.58–1.66 s; 16000 in
+/// batches capped at 64 KiB (a throwaway socket wrapper) did no better than 6400.
+pub const UDP_PAYLOAD_MAX: u16 = 6400;
+
+/// Datagrams quinn (0.11) puts into one UDP GSO batch at most (its
+/// `MAX_TRANSMIT_SEGMENTS`); see [`UDP_PAYLOAD_MAX`].
+pub const QUIC_GSO_SEGMENTS_MAX: usize = 10;
+
+/// The largest UDP payload of one IPv4 datagram: what a GSO batch may carry in all.
+pub const UDP_DATAGRAM_PAYLOAD_MAX: usize = 65_507;
+
+const _: () = assert!(
+    UDP_PAYLOAD_MAX as usize * QUIC_GSO_SEGMENTS_MAX <= UDP_DATAGRAM_PAYLOAD_MAX,
+    "a full GSO batch of the largest packets must fit one UDP datagram"
+);
 
 /// The send and receive buffer each QUIC endpoint asks of its UDP socket (the kernel
 /// caps it at `net.core.rmem_max` / `wmem_max`). At the 208 KiB Linux default, bursts
