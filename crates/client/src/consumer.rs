@@ -31,6 +31,7 @@ use bytes::Bytes;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -127,8 +128,8 @@ impl Default for ConsumerConfig {
 /// One consumed record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerRecord {
-    /// The record's topic.
-    pub topic: String,
+    /// The record's topic (one name shared by the records of a fetch).
+    pub topic: Arc<str>,
     /// Its partition.
     pub partition: u32,
     /// Its offset.
@@ -896,6 +897,8 @@ fn decode(
     limits: &Limits,
 ) -> Result<Decoded, BatchError> {
     let mut out = Decoded::default();
+    // One name for the fetch's records.
+    let topic: Arc<str> = Arc::from(topic);
     // Keys and values are slices of the response (no copy per record).
     let slice = |b: &[u8]| payload.slice_ref(b);
     for batch in batches(payload, limits) {
@@ -912,7 +915,7 @@ fn decode(
         }
         for r in batch.records().filter(|r| r.offset >= from) {
             out.records.push(ConsumerRecord {
-                topic: topic.to_owned(),
+                topic: topic.clone(),
                 partition,
                 offset: r.offset,
                 timestamp: r.timestamp,
@@ -974,7 +977,7 @@ mod tests {
         assert_eq!(d.end, Some(15));
         let first = &d.records[0];
         assert_eq!(
-            (first.topic.as_str(), first.partition, first.timestamp),
+            (&*first.topic, first.partition, first.timestamp),
             ("t", 2, 101)
         );
         assert_eq!(first.headers, vec![("h".to_owned(), None)]);

@@ -227,8 +227,9 @@ impl ProducerConfig {
 /// One record to produce.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ProducerRecord {
-    /// The topic (must exist; the producer does not create topics).
-    pub topic: String,
+    /// The topic (must exist; the producer does not create topics). Shared: a sender
+    /// of many records clones one `Arc` instead of allocating the name per record.
+    pub topic: Arc<str>,
     /// An explicit partition; `None` lets the [`PartitionStrategy`] choose.
     pub partition: Option<u32>,
     /// The key; keyed records go to `partition_for_key(key)` with the key-hash
@@ -244,7 +245,7 @@ pub struct ProducerRecord {
 
 impl ProducerRecord {
     /// A record with `value` and nothing else set.
-    pub fn new(topic: impl Into<String>, value: impl Into<Vec<u8>>) -> ProducerRecord {
+    pub fn new(topic: impl Into<Arc<str>>, value: impl Into<Vec<u8>>) -> ProducerRecord {
         ProducerRecord {
             topic: topic.into(),
             value: Some(value.into()),
@@ -280,8 +281,8 @@ impl ProducerRecord {
 /// Where an acknowledged record is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RecordMetadata {
-    /// The record's topic.
-    pub topic: String,
+    /// The record's topic (the producer's own copy of the name, shared by its records).
+    pub topic: Arc<str>,
     /// The partition it was appended to.
     pub partition: u32,
     /// Its offset in the partition.
@@ -950,11 +951,14 @@ impl Driver {
             tokio::select! {
                 command = rx.recv(), if channel_open => match command {
                     Some(command) => {
-                        self.command(command);
+                        // One clock reading for what is taken together: they arrived
+                        // within one wake-up.
+                        let now = self.now_ms();
+                        self.command(now, command);
                         // Take what else is queued before pumping: larger batches.
                         for _ in 0..1024 {
                             match rx.try_recv() {
-                                Ok(command) => self.command(command),
+                                Ok(command) => self.command(now, command),
                                 Err(_) => break,
                             }
                         }
@@ -976,9 +980,9 @@ impl Driver {
         }
     }
 
-    fn command(&mut self, command: Command) {
+    fn command(&mut self, now: i64, command: Command) {
         match command {
-            Command::Record(submitted) => self.take(submitted),
+            Command::Record(submitted) => self.take(now, submitted),
             // `pump` seals every batch while a flush waits, including records that were
             // waiting for their topic's metadata when the flush came.
             Command::Flush(reply) => {
@@ -992,40 +996,37 @@ impl Driver {
         }
     }
 
-    fn take(&mut self, submitted: Submitted) {
+    /// Takes a record from `send` at `now` (driver clock).
+    fn take(&mut self, now: i64, submitted: Submitted) {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.unresolved.insert(seq);
-        let now = self.now_ms();
         let batch_config = self.batch_config;
         let strategy = self.config.partitioner;
         let ready = self.id_ready();
-        let topic = match self.topics.get_key_value(submitted.record.topic.as_str()) {
-            Some((name, _)) => name.clone(),
-            None => {
-                let name: Arc<str> = Arc::from(submitted.record.topic.as_str());
-                let mut accumulator = Accumulator::with_pool(batch_config, self.pool.clone());
-                if let ProducerId::Ready { producer_id, epoch } = self.producer_id {
-                    accumulator.set_producer(producer_id, epoch);
-                }
-                self.topics.insert(
-                    name.clone(),
-                    TopicState {
-                        partitions: None,
-                        meta: Meta::Unknown,
-                        meta_failures: 0,
-                        waiting: VecDeque::new(),
-                        partitioner: Partitioner::new(strategy),
-                        accumulator,
-                        // One request in flight per partition: order, and (idempotent)
-                        // the re-stamping of what waits behind a failed batch.
-                        queue: SendQueue::new(1),
-                    },
-                );
-                name
+        // Looked up by name: a name is cloned only for a topic new to the producer.
+        if !self.topics.contains_key(&*submitted.record.topic) {
+            let name: Arc<str> = submitted.record.topic.clone();
+            let mut accumulator = Accumulator::with_pool(batch_config, self.pool.clone());
+            if let ProducerId::Ready { producer_id, epoch } = self.producer_id {
+                accumulator.set_producer(producer_id, epoch);
             }
-        };
-        let Some(t) = self.topics.get_mut(&topic) else {
+            self.topics.insert(
+                name,
+                TopicState {
+                    partitions: None,
+                    meta: Meta::Unknown,
+                    meta_failures: 0,
+                    waiting: VecDeque::new(),
+                    partitioner: Partitioner::new(strategy),
+                    accumulator,
+                    // One request in flight per partition: order, and (idempotent)
+                    // the re-stamping of what waits behind a failed batch.
+                    queue: SendQueue::new(1),
+                },
+            );
+        }
+        let Some(t) = self.topics.get_mut(&*submitted.record.topic) else {
             return;
         };
         if t.meta == Meta::Fresh && t.waiting.is_empty() && ready {
@@ -1379,7 +1380,7 @@ impl Driver {
                 for (i, pending) in batch.records.into_iter().enumerate() {
                     self.unresolved.remove(pending.seq);
                     pending.tx.resolve(Ok(RecordMetadata {
-                        topic: topic.to_string(),
+                        topic: topic.clone(),
                         partition,
                         offset: ok.base_offset + i as u64,
                         timestamp: pending.timestamp,
@@ -1776,7 +1777,7 @@ mod tests {
     #[test]
     fn a_callback_reply_runs_once_when_resolved_dropped_or_not_at_all_when_defused() {
         let meta = RecordMetadata {
-            topic: "t".to_owned(),
+            topic: "t".into(),
             partition: 1,
             offset: 7,
             timestamp: 0,

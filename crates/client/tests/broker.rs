@@ -124,7 +124,7 @@ async fn hundred_thousand_records_over_eight_partitions_read_back_exactly() {
             offset,
             ..
         } = delivery.await.unwrap();
-        assert_eq!(topic, "bulk");
+        assert_eq!(&*topic, "bulk");
         assert_eq!(
             partition,
             sluice_client::session::partition_for_key(format!("key-{id}").as_bytes(), 8)
@@ -795,7 +795,7 @@ async fn delivery_callbacks_run_once_per_record_with_the_offset_it_was_written_a
     let mut at: HashMap<(u32, u64), u64> = HashMap::new();
     for (id, r) in by_id {
         let meta = r.unwrap_or_else(|e| panic!("record {id}: {e}"));
-        assert_eq!(meta.topic, "callbacks");
+        assert_eq!(&*meta.topic, "callbacks");
         assert!(at.insert((meta.partition, meta.offset), id).is_none());
     }
     let records = read_all(&client, "callbacks", 4, RECORDS as usize).await;
