@@ -14,7 +14,7 @@
 //!
 //! A run: parse and check the flags ([`cli`]); connect an admin client and make sure
 //! the topic exists ([`setup`]); connect every producer and consumer (each its own
-//! QUIC connection); fix the run's epoch; run the mode ([`produce`], [`consume`]),
+//! QUIC connection; the producers on their own threads, [`threads`]); fix the run's epoch; run the mode ([`produce`], [`consume`]),
 //! bounded by `--count`/`--duration` and always by `--max-secs`; with `--verify`, read
 //! back what was produced and check it; print the report and write `--json`.
 //!
@@ -35,6 +35,8 @@ mod produce;
 mod progress;
 #[path = "sluice_bench/setup.rs"]
 mod setup;
+#[path = "sluice_bench/threads.rs"]
+mod threads;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,6 +57,7 @@ use crate::cli::{Bound, Cli, Mode, Plan};
 use crate::consume::{ConsumerResult, Ends, Sink};
 use crate::produce::{ProducerResult, Stop};
 use crate::progress::Progress;
+use crate::threads::ProducerThreads;
 
 /// mimalloc, not glibc's malloc: every record's value is allocated on the task that
 /// sends it and freed on the producer's driver task, often on the other thread, and
@@ -257,45 +260,6 @@ async fn run(plan: Plan, params: serde_json::Value) -> Result<Report> {
     Ok(report)
 }
 
-/// Connects every producer (each its own client) before the clock starts.
-async fn connect_producers(plan: &Plan) -> Result<Vec<(Client, sluice_client::Producer)>> {
-    let mut out = Vec::new();
-    for id in 0..plan.opts.producers {
-        let client = setup::connect(plan, &format!("producer-{id}")).await?;
-        let producer = client
-            .producer(produce::config(plan))
-            .map_err(|e| anyhow!("producer configuration: {e}"))?;
-        out.push((client, producer));
-    }
-    Ok(out)
-}
-
-/// Starts the producers and waits for all of them.
-async fn run_producers(
-    run: &Arc<Run>,
-    producers: Vec<(Client, sluice_client::Producer)>,
-) -> Result<Vec<ProducerResult>> {
-    let handles: Vec<_> = producers
-        .into_iter()
-        .zip(0u32..)
-        .map(|((client, producer), id)| {
-            let count = produce::share(&run.plan, id);
-            tokio::spawn(produce::run_producer(
-                run.clone(),
-                id,
-                client,
-                producer,
-                count,
-            ))
-        })
-        .collect();
-    let mut results = Vec::new();
-    for h in handles {
-        results.push(h.await.map_err(|e| anyhow!("producer task: {e}"))?);
-    }
-    Ok(results)
-}
-
 /// What the producers' results add up to, into `report`; returns the ack latency.
 fn add_producers(run: &Run, results: &[ProducerResult], report: &mut Report) -> Latency {
     let mut latency = Latency::new();
@@ -363,14 +327,14 @@ async fn produce_mode(
     run_id: u64,
     report: &mut Report,
 ) -> Result<()> {
-    let producers = connect_producers(&plan).await?;
+    let producers = ProducerThreads::start(&plan).await?;
     let total = match plan.bound {
         Bound::Count(n) => Some(n),
         _ => None,
     };
     let run = Arc::new(Run::new(plan, run_id, offsets.len() as u32));
     let progress = Progress::start(&run, "produce", total);
-    let results = run_producers(&run, producers).await;
+    let results = producers.run(&run).await;
     progress.finish();
     let results = results?;
     let latency = add_producers(&run, &results, report);
@@ -467,7 +431,7 @@ async fn e2e_mode(
         let consumer = consume::positioned(&plan, &client, &mine, &starts).await?;
         positioned.push((client, consumer, mine));
     }
-    let producers = connect_producers(&plan).await?;
+    let producers = ProducerThreads::start(&plan).await?;
     let total = match plan.bound {
         Bound::Count(n) => Some(n),
         _ => None,
@@ -489,7 +453,7 @@ async fn e2e_mode(
             .await
         })
     };
-    let produced = run_producers(&run, producers).await;
+    let produced = producers.run(&run).await;
     let ends = match &produced {
         Ok(results) => acked_ends(results, partitions)
             .into_iter()

@@ -138,6 +138,12 @@ pub struct Opts {
     #[arg(long, global = true, default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub producers: u32,
+    /// Threads the producers run on, each a single-threaded tokio runtime with every
+    /// Nth producer, its connection and its SDK tasks (0: one per CPU, at most one per
+    /// producer).
+    #[arg(long, global = true, default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub threads: u32,
     /// Consumers, each with its own connection, splitting the partitions (capped at
     /// the partition count).
     #[arg(long, global = true, default_value_t = 1,
