@@ -1263,7 +1263,25 @@ impl Replica {
             self.actions
                 .push_back(Action::Committed { high_watermark: hw });
         }
-        self.raw.mut_store().evict(last);
+        let held = self.held_everywhere(last);
+        self.raw.mut_store().evict(last, held);
+    }
+
+    /// The last index every replica this one may send entries to holds: on a leader,
+    /// the least any peer's progress matched (raft-rs tracks voters and learners); on
+    /// anyone else `applied`, since a follower sends nothing (one that becomes leader
+    /// reads what a peer lacks from the partition log).
+    fn held_everywhere(&self, applied: u64) -> u64 {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            return applied;
+        }
+        raft.prs()
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(_, pr)| pr.matched)
+            .min()
+            .unwrap_or(applied)
     }
 
     fn conf_changed(&mut self, result: raft::Result<raft::eraftpb::ConfState>) {

@@ -199,10 +199,25 @@ impl LogStore {
         }
     }
 
-    /// Evicts cached batches at or below `applied`, oldest first, while over budget.
+    /// Evicts cached batches at or below `held`, the last index every replica that may
+    /// be sent entries from here already has (and this one applied), whatever the
+    /// budget; then batches at or below `applied`, oldest first, while over budget.
     /// Entries above `applied` stay: raft-rs may still need them for replication and
     /// they are bounded by its uncommitted-size limit.
-    pub(crate) fn evict(&mut self, applied: u64) {
+    ///
+    /// So the cache holds what replication may still send: on a single voter, or a
+    /// group whose followers keep up, next to nothing beyond the entries in flight
+    /// (an idle partition keeps none), instead of the whole budget per partition.
+    pub(crate) fn evict(&mut self, applied: u64, held: u64) {
+        let held = held.min(applied);
+        while let Some((&index, _)) = self.cache.first_key_value() {
+            if index > held {
+                break;
+            }
+            if let Some(b) = self.cache.remove(&index) {
+                self.cache_bytes -= b.len();
+            }
+        }
         while self.cache_bytes > self.cache_budget {
             let Some((&index, _)) = self.cache.first_key_value() else {
                 break;
@@ -446,9 +461,29 @@ mod tests {
     fn eviction_keeps_unapplied_entries() {
         let mut s = store();
         s.cache_budget = 0;
-        s.evict(11);
+        s.evict(11, 0);
         assert_eq!(s.cached_bytes(), 1, "entry 13 is above applied and stays");
-        s.evict(13);
+        s.evict(13, 0);
+        assert_eq!(s.cached_bytes(), 0);
+    }
+
+    #[test]
+    fn entries_every_replica_holds_are_evicted_within_budget_but_not_past_applied() {
+        let mut s = store();
+        assert_eq!(s.cached_bytes(), 2);
+        s.evict(13, 11);
+        assert_eq!(
+            s.cached_bytes(),
+            1,
+            "entry 11 is held everywhere, 13 is not"
+        );
+        s.evict(11, 13);
+        assert_eq!(
+            s.cached_bytes(),
+            1,
+            "13 is held everywhere but not applied here"
+        );
+        s.evict(13, 13);
         assert_eq!(s.cached_bytes(), 0);
     }
 }
