@@ -9,7 +9,7 @@
 #      default linger (5 ms; LINGER_MS overrides), each produce
 #      run on a fresh release broker and data directory after a `sync` (so one run's
 #      dirty pages do not slow the next one's fsyncs):
-#        full      — full speed (2048 records in flight per producer, 1 MiB batches),
+#        full      — full speed (4096 records in flight per producer, 1 MiB batches),
 #        window256 — the NATS anchor's window (256 in flight per producer),
 #        half      — open loop at 50% of this round's full speed,
 #        consume   — reading the half run's topic back from the hot log,
@@ -24,10 +24,14 @@ rounds=${2:-3}
 # The SDK's default linger (5 ms). LINGER_MS=1 is what the sittings before 2026-12-04's
 # fourth used: more, smaller requests at the 256 window (benches/README.md).
 linger=${LINGER_MS:-5}
-# Full speed sends 1 MiB batches (FULL_BATCH_BYTES overrides): a 2048-record window
-# fills two per producer. The other runs keep the SDK's default 256 KiB, which the
-# 256-record window fills once (a 1 MiB batch would only ever leave on its linger).
+# Full speed sends 1 MiB batches (FULL_BATCH_BYTES overrides) from a 4096-record window
+# (FULL_WINDOW overrides; 2048 before 2026-12-04's seventh sitting): four batches per
+# producer, one filling while three are in flight, so the disk's fsyncs and the two
+# cores' work overlap (at 2048 the machine idled 4-12% of the loaded samples, at 4096
+# 2-5%). The other runs keep the SDK's default 256 KiB, which the 256-record window
+# fills once (a 1 MiB batch would only ever leave on its linger).
 full_batch=${FULL_BATCH_BYTES:-1048576}
+full_window=${FULL_WINDOW:-4096}
 out=target/sitting
 rm -rf "$out" && mkdir -p "$out"
 cargo build -q --release -p sluice-server -p sluice-bench --bins
@@ -67,7 +71,7 @@ for r in $(seq "$rounds"); do
   sync
   target/release/sluice-storage-bench --backend glommio-direct --total-mib 512 --dir target \
     | grep RESULT | tee "$out/storage-direct-$r.txt" | sed 's/^/  storage /'
-  start; run "full-$r" --in-flight 2048 --batch-bytes "$full_batch" produce --count "$count"
+  start; run "full-$r" --in-flight "$full_window" --batch-bytes "$full_batch" produce --count "$count"
   rate=$(python3 -c "import json; print(int(json.load(open('$out/full-$r.json'))['msgs_per_sec'] / 2))")
   start; run "window256-$r" --in-flight 256 produce --count "$count"
   start; run "half-$r" --in-flight 4096 --rate "$rate" produce --count "$count"
