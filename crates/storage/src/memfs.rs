@@ -501,6 +501,13 @@ impl MemFs {
                 name: name.to_string(),
             },
             |s| {
+                // A file no name refers to any more (removed, a log reset, say, while
+                // a detached fdatasync of it ran): on Linux the handle keeps the inode
+                // and the sync succeeds; its bytes are unreachable, so there is nothing
+                // to make durable.
+                if !s.inodes.contains_key(&ino) {
+                    return Ok(());
+                }
                 if s.take_sync_fault() {
                     // Linux may mark the failed pages clean: what was pending is gone
                     // from what a crash can keep, though readers still see it.

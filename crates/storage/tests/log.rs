@@ -523,6 +523,32 @@ fn a_detached_sync_begun_before_a_cut_vouches_for_nothing_after_it() {
 }
 
 #[test]
+fn a_detached_sync_of_a_segment_a_reset_removed_completes_and_vouches_for_nothing() {
+    let fs = MemFs::new();
+    let mut log = open(&fs);
+    for tag in 0..10 {
+        block_on(log.append(&mut batch(tag, 2, 50, 0), 0)).unwrap();
+    }
+    let (ticket, sync) = begin(&mut log);
+    // A follower catching up past the leader's retention replaces its whole log: the
+    // segment the sync was begun on is removed while the fdatasync runs (as on Linux,
+    // the open handle keeps the file, and the sync succeeds).
+    block_on(log.truncate_suffix(0)).unwrap();
+    block_on(log.truncate_prefix(500)).unwrap();
+    let names = fs.file_names();
+    assert!(
+        !names.iter().any(|n| n.starts_with("00000000000000000000.")),
+        "the old segment is gone: {names:?}"
+    );
+    let result = block_on(sync);
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(log.finish_sync(ticket, result).unwrap(), None);
+    // Not poisoned: the log goes on from the new start.
+    block_on(log.append(&mut batch(1, 2, 50, 0), 0)).unwrap();
+    assert_eq!(log.next_offset(), 502);
+}
+
+#[test]
 fn a_failed_detached_sync_poisons_the_log() {
     let fs = MemFs::new();
     let mut log = open(&fs);
