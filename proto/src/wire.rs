@@ -79,11 +79,15 @@ const _: () = assert!(
 );
 
 /// The send and receive buffer each QUIC endpoint asks of its UDP socket (the kernel
-/// caps it at `net.core.rmem_max` / `wmem_max`). At the 208 KiB Linux default, bursts
-/// (a produce of a few hundred KiB, a fetch, a leader's appends to a follower)
-/// overflowed the receive buffer: 578–816 datagrams dropped per 300k-message RF=3 run,
-/// each costing a loss recovery (p99 54–66 ms against 38–45 ms with 4 MiB).
-pub const UDP_SOCKET_BUFFER_BYTES: usize = 4 << 20;
+/// caps it at `net.core.rmem_max` / `wmem_max` unless the process may force past them:
+/// `sluice_quic::bind_udp`). At the 208 KiB Linux default, bursts (a produce of a few
+/// hundred KiB, a fetch, a leader's appends to a follower) overflowed the receive
+/// buffer: 578–816 datagrams dropped per 300k-message RF=3 run, each costing a loss
+/// recovery (p99 54–66 ms against 38–45 ms with 4 MiB). At 4 MiB a single broker at full
+/// speed (four producers, 4096 records in flight each) still lost 123–380 packets per
+/// connection per 1M records, in 2–6 congestion events; at 16 MiB none. The kernel
+/// charges a socket for what it holds, not for this size.
+pub const UDP_SOCKET_BUFFER_BYTES: usize = 16 << 20;
 
 // QUIC application error codes: stream resets / STOP_SENDING and CONNECTION_CLOSE reasons.
 // Stable; never renumbered.

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{
     ConnectionError, Endpoint, IdleTimeout, ReadError, ReadExactError, RecvStream, SendStream,
-    TransportConfig, VarInt, WriteError,
+    VarInt, WriteError,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
@@ -391,7 +391,7 @@ impl Client {
         }
         let crypto = QuicClientConfig::try_from(tls.rustls_config()?)
             .map_err(|e| ClientError::Config(format!("QUIC TLS config: {e}")))?;
-        let mut transport = TransportConfig::default();
+        let mut transport = sluice_quic::transport_config();
         transport
             .max_idle_timeout(Some(IdleTimeout::try_from(options.idle_timeout).map_err(
                 |_| ClientError::Config("idle_timeout is too large".to_owned()),
@@ -400,9 +400,6 @@ impl Client {
             // The broker never opens streams towards a client.
             .max_concurrent_bidi_streams(VarInt::from_u32(0))
             .max_concurrent_uni_streams(VarInt::from_u32(0));
-        let mut mtu = quinn::MtuDiscoveryConfig::default();
-        mtu.upper_bound(sluice_proto::UDP_PAYLOAD_MAX);
-        transport.mtu_discovery_config(Some(mtu));
         let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
         quic.transport_config(Arc::new(transport));
         let mut endpoints = Vec::new();
@@ -1363,18 +1360,13 @@ fn endpoint_for(endpoints: &mut Vec<Endpoint>, addr: SocketAddr) -> Result<Endpo
         (Ipv4Addr::UNSPECIFIED, 0).into()
     };
     // The broker may send packets as large as path MTU discovery finds room for.
-    let mut config = quinn::EndpointConfig::default();
-    config
-        .max_udp_payload_size(sluice_proto::UDP_PAYLOAD_MAX)
+    let config = sluice_quic::endpoint_config()
         .map_err(|e| ClientError::Config(format!("UDP payload size: {e}")))?;
     let endpoint = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime found"))
         .and_then(|runtime| {
-            let socket = std::net::UdpSocket::bind(bind)?;
             // Room for a fetch's burst of packets (the kernel may grant less).
-            let sock = socket2::SockRef::from(&socket);
-            let _ = sock.set_recv_buffer_size(sluice_proto::UDP_SOCKET_BUFFER_BYTES);
-            let _ = sock.set_send_buffer_size(sluice_proto::UDP_SOCKET_BUFFER_BYTES);
+            let (socket, _) = sluice_quic::bind_udp(bind)?;
             Endpoint::new(config, None, socket, runtime)
         })
         .map_err(|e| ClientError::Connect {

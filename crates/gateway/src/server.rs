@@ -163,20 +163,15 @@ impl Gateway {
         let crypto = QuicServerConfig::try_from(crypto)
             .map_err(|e| GatewayError::Tls(format!("QUIC TLS config: {e}")))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        let mut transport = quinn::TransportConfig::default();
+        let mut transport = sluice_quic::transport_config();
         transport
             .max_concurrent_bidi_streams(VarInt::from_u32(config.in_flight_per_connection_max))
             .max_concurrent_uni_streams(VarInt::from_u32(0))
             .max_idle_timeout(Some(IdleTimeout::try_from(config.idle_timeout).map_err(
                 |_| GatewayError::Config("idle_timeout is too large".to_owned()),
             )?));
-        let mut mtu = quinn::MtuDiscoveryConfig::default();
-        mtu.upper_bound(sluice_proto::UDP_PAYLOAD_MAX);
-        transport.mtu_discovery_config(Some(mtu));
         server_config.transport_config(Arc::new(transport));
-        let mut endpoint_config = quinn::EndpointConfig::default();
-        endpoint_config
-            .max_udp_payload_size(sluice_proto::UDP_PAYLOAD_MAX)
+        let endpoint_config = sluice_quic::endpoint_config()
             .map_err(|e| GatewayError::Config(format!("UDP payload size: {e}")))?;
 
         let endpoint = {
@@ -184,9 +179,8 @@ impl Gateway {
             let runtime = quinn::default_runtime()
                 .ok_or_else(|| std::io::Error::other("no async runtime found"))
                 .map_err(|source| GatewayError::Bind { addr, source })?;
-            std::net::UdpSocket::bind(addr)
-                .and_then(|socket| {
-                    size_buffers(&socket);
+            sluice_quic::bind_udp(addr)
+                .and_then(|(socket, _)| {
                     Endpoint::new(endpoint_config, Some(server_config), socket, runtime)
                 })
                 .map_err(|source| GatewayError::Bind { addr, source })?
@@ -442,26 +436,6 @@ async fn serve_connection<S: Service>(
                     draining = true;
                 }
             }
-        }
-    }
-}
-
-/// Asks for [`sluice_proto::UDP_SOCKET_BUFFER_BYTES`] of socket buffer each way (the
-/// kernel may grant less: a smaller buffer only costs drops under bursts).
-fn size_buffers(socket: &std::net::UdpSocket) {
-    let sock = socket2::SockRef::from(socket);
-    for (what, r) in [
-        (
-            "receive",
-            sock.set_recv_buffer_size(sluice_proto::UDP_SOCKET_BUFFER_BYTES),
-        ),
-        (
-            "send",
-            sock.set_send_buffer_size(sluice_proto::UDP_SOCKET_BUFFER_BYTES),
-        ),
-    ] {
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "gateway: cannot size the UDP {what} buffer");
         }
     }
 }

@@ -159,18 +159,13 @@ impl PeerLinks {
         let client_config = tls::client_config(&config)?;
         let endpoint = {
             let _guard = runtime.enter();
-            let mut endpoint_config = quinn::EndpointConfig::default();
-            endpoint_config
-                .max_udp_payload_size(sluice_proto::UDP_PAYLOAD_MAX)
+            let endpoint_config = sluice_quic::endpoint_config()
                 .map_err(|e| PeerError::Config(format!("UDP payload size: {e}")))?;
             quinn::default_runtime()
                 .ok_or_else(|| std::io::Error::other("no async runtime found"))
                 .and_then(|quinn_runtime| {
-                    let socket = std::net::UdpSocket::bind(addr)?;
                     // Room for a leader's burst of appends (the kernel may grant less).
-                    let sock = socket2::SockRef::from(&socket);
-                    let _ = sock.set_recv_buffer_size(sluice_proto::UDP_SOCKET_BUFFER_BYTES);
-                    let _ = sock.set_send_buffer_size(sluice_proto::UDP_SOCKET_BUFFER_BYTES);
+                    let (socket, _) = sluice_quic::bind_udp(addr)?;
                     Endpoint::new(endpoint_config, Some(server_config), socket, quinn_runtime)
                 })
                 .map_err(|source| PeerError::Bind { addr, source })?

@@ -58,13 +58,10 @@ fn material(tls: &PeerTls) -> Result<Material, PeerError> {
 fn transport(config: &PeerConfig, accepting: bool) -> Result<Arc<TransportConfig>, PeerError> {
     let idle = IdleTimeout::try_from(config.idle_timeout)
         .map_err(|_| PeerError::Config("idle_timeout is too large".to_owned()))?;
-    let mut transport = TransportConfig::default();
+    let mut transport = sluice_quic::transport_config();
     transport
         .max_idle_timeout(Some(idle))
         .keep_alive_interval(Some(config.keep_alive));
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(sluice_proto::UDP_PAYLOAD_MAX);
-    transport.mtu_discovery_config(Some(mtu));
     if accepting {
         // Raft streams (uni); the hello and forwards (bi).
         transport
