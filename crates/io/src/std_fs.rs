@@ -198,8 +198,9 @@ fn map_file(file: &File, len: u64) -> io::Result<Option<MmapMut>> {
     // No read-around on a fault: an index is preallocated sparse and filled from the
     // front, entry by entry, so each fault on a hole read (zero-filled) a whole
     // read-around window of pages the index would not reach for a long time (ext4's
-    // large folios made that a few percent of a shard's CPU at full speed).
-    map.advise(memmap2::Advice::Random)?;
+    // large folios made that a few percent of a shard's CPU at full speed). A hint: a
+    // kernel that refuses it costs only that read-around.
+    let _ = map.advise(memmap2::Advice::Random);
     Ok(Some(map))
 }
 
