@@ -14,9 +14,10 @@
 //!
 //! A run: parse and check the flags ([`cli`]); connect an admin client and make sure
 //! the topic exists ([`setup`]); connect every producer and consumer (each its own
-//! QUIC connection; the producers on their own threads, [`threads`]); fix the run's epoch; run the mode ([`produce`], [`consume`]),
-//! bounded by `--count`/`--duration` and always by `--max-secs`; with `--verify`, read
-//! back what was produced and check it; print the report and write `--json`.
+//! QUIC connection; the producers on their own threads, [`threads`]); fix the run's
+//! epoch; run the mode ([`produce`], [`consume`]), bounded by `--count`/`--duration`
+//! and always by `--max-secs`; with `--verify`, read back what was produced and check
+//! it; print the report and write `--json`.
 //!
 //! Exit codes: 0 ok; 1 the run failed (cannot connect or set up, delivery or fetch
 //! errors, nothing measured, `--verify` anomalies); 2 usage.

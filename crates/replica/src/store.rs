@@ -211,18 +211,8 @@ impl LogStore {
     pub(crate) fn evict(&mut self, applied: u64, held: u64) {
         let held = held.min(applied);
         while let Some((&index, _)) = self.cache.first_key_value() {
-            if index > held {
-                break;
-            }
-            if let Some(b) = self.cache.remove(&index) {
-                self.cache_bytes -= b.len();
-            }
-        }
-        while self.cache_bytes > self.cache_budget {
-            let Some((&index, _)) = self.cache.first_key_value() else {
-                break;
-            };
-            if index > applied {
+            let over_budget = self.cache_bytes > self.cache_budget;
+            if index > applied || (index > held && !over_budget) {
                 break;
             }
             if let Some(b) = self.cache.remove(&index) {

@@ -28,6 +28,15 @@ fn batch(tag: u64, n: usize, value_bytes: usize, ts: i64) -> Vec<u8> {
     b.finish().unwrap()
 }
 
+/// A log on `fs` holding ten batches of two records (offsets 0..20), none synced.
+fn open_with_ten_batches(fs: &MemFs) -> PartitionLog<MemFs> {
+    let mut log = open(fs);
+    for tag in 0..10 {
+        block_on(log.append(&mut batch(tag, 2, 50, 0), 0)).unwrap();
+    }
+    log
+}
+
 fn rng() -> rand::rngs::SmallRng {
     rand::SeedableRng::seed_from_u64(7)
 }
@@ -180,10 +189,7 @@ fn placed_batches_are_written_as_given_and_misplaced_ones_refused() {
 #[test]
 fn sync_moves_the_durable_watermark_and_a_crash_keeps_exactly_that() {
     let fs = MemFs::new();
-    let mut log = open(&fs);
-    for tag in 0..10 {
-        block_on(log.append(&mut batch(tag, 2, 50, 0), 0)).unwrap();
-    }
+    let mut log = open_with_ten_batches(&fs);
     assert_eq!(log.durable_offset(), None);
     assert_eq!(block_on(log.sync()).unwrap(), 20);
     assert_eq!(log.durable_offset(), Some(19));
@@ -468,10 +474,7 @@ fn begin(log: &mut PartitionLog<MemFs>) -> (SyncTicket, sluice_storage::Detached
 #[test]
 fn a_detached_sync_vouches_only_for_appends_made_before_it_began() {
     let fs = MemFs::new();
-    let mut log = open(&fs);
-    for tag in 0..10 {
-        block_on(log.append(&mut batch(tag, 2, 50, 0), 0)).unwrap();
-    }
+    let mut log = open_with_ten_batches(&fs);
     let (ticket, sync) = begin(&mut log);
     assert_eq!(ticket.target(), 20);
     // Appends go on while the fdatasync runs.
@@ -499,10 +502,7 @@ fn a_detached_sync_vouches_only_for_appends_made_before_it_began() {
 #[test]
 fn a_detached_sync_begun_before_a_cut_vouches_for_nothing_after_it() {
     let fs = MemFs::new();
-    let mut log = open(&fs);
-    for tag in 0..10 {
-        block_on(log.append(&mut batch(tag, 2, 50, 0), 0)).unwrap();
-    }
+    let mut log = open_with_ten_batches(&fs);
     let (ticket, sync) = begin(&mut log);
     // A Raft follower cuts a conflicting suffix and appends other batches there.
     assert_eq!(block_on(log.truncate_suffix(10)).unwrap(), 10);
@@ -525,10 +525,7 @@ fn a_detached_sync_begun_before_a_cut_vouches_for_nothing_after_it() {
 #[test]
 fn a_detached_sync_of_a_segment_a_reset_removed_completes_and_vouches_for_nothing() {
     let fs = MemFs::new();
-    let mut log = open(&fs);
-    for tag in 0..10 {
-        block_on(log.append(&mut batch(tag, 2, 50, 0), 0)).unwrap();
-    }
+    let mut log = open_with_ten_batches(&fs);
     let (ticket, sync) = begin(&mut log);
     // A follower catching up past the leader's retention replaces its whole log: the
     // segment the sync was begun on is removed while the fdatasync runs (as on Linux,
