@@ -78,14 +78,77 @@ const FS_BLOCK_BYTES_MAX: u64 = 64 << 10;
 /// glommio's io_uring reactor and never block the shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DataFileMode {
-    /// Through the page cache ([`BufferedLogFile`]). The default: on this project's
-    /// ext4/virtio machines it measured about 1.5x the append+fdatasync bandwidth of
-    /// `Direct`, and serves hot-log reads from memory (`README.md` has the numbers).
-    #[default]
+    /// Through the page cache ([`BufferedLogFile`]): for file systems that refuse
+    /// `O_DIRECT` ([`direct_io_supported`]). Every append copies into page-cache pages
+    /// and the fdatasync writes them back; hot-log reads come from memory.
     Buffered,
-    /// `O_DIRECT` ([`DmaLogFile`]): no page cache, no writeback; the choice for XFS or
-    /// raw NVMe, where appending direct writes do not pay ext4's per-write journaling.
+    /// `O_DIRECT` ([`DmaLogFile`]), the default: appends go from a DMA buffer to the
+    /// device, no page cache, no writeback. On this project's ext4/virtio machines it
+    /// measured 1.5-1.9x the broker's full-speed produce of `Buffered` and a steadier
+    /// 256-record window (`benches/README.md`, 2026-12-04's eighth sitting): there,
+    /// the page cache's first touch of fresh memory was most of a shard's CPU. Reads
+    /// below the in-memory tail go to the device.
+    #[default]
     Direct,
+}
+
+/// Name of the scratch file [`direct_io_supported`] writes where `O_TMPFILE` is not
+/// supported.
+const DIRECT_PROBE_FILE_NAME: &str = ".sluice-direct-probe";
+
+/// Whether the file system under `dir` (an existing directory) takes `O_DIRECT`: an
+/// open with it and one aligned write of [`FS_BLOCK_BYTES_MAX`] bytes (a multiple of
+/// every alignment [`DmaLogFile`] picks) into a scratch file, removed again.
+/// `Ok(false)` when either is refused with `EINVAL` (tmpfs before Linux 6.6, some FUSE
+/// and network file systems); any other failure is the directory's and is returned.
+/// Synchronous: call it at startup.
+pub fn direct_io_supported(dir: &Path) -> io::Result<bool> {
+    let refused = |e: &io::Error| e.raw_os_error() == Some(libc::EINVAL);
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).mode(0o600);
+    // An unnamed file where the file system has them, so a crash leaves nothing behind.
+    let unnamed = options
+        .clone()
+        .custom_flags(libc::O_DIRECT | libc::O_TMPFILE)
+        .open(dir);
+    let named = dir.join(DIRECT_PROBE_FILE_NAME);
+    let (file, remove) = match unnamed {
+        Ok(f) => (f, false),
+        // No O_TMPFILE (EOPNOTSUPP, EISDIR), or an EINVAL that may be O_TMPFILE's as
+        // much as O_DIRECT's: a named file tells.
+        Err(_) => match options
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&named)
+        {
+            Ok(f) => (f, true),
+            Err(e) if refused(&e) => {
+                let _ = std::fs::remove_file(&named);
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    // A block-aligned slice of a plain buffer: O_DIRECT wants the memory aligned too.
+    let block = FS_BLOCK_BYTES_MAX as usize;
+    let buf = vec![0u8; 2 * block];
+    let skip = buf.as_ptr().align_offset(block);
+    let aligned = buf.get(skip..skip + block).unwrap_or_default();
+    let written = file.write_at(aligned, 0);
+    drop(file);
+    if remove {
+        std::fs::remove_file(&named)?;
+    }
+    match written {
+        Ok(n) if n == block => Ok(true),
+        Ok(n) => Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("O_DIRECT probe wrote {n} of {block} bytes"),
+        )),
+        Err(e) if refused(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// A partition directory whose data files are glommio files ([`DataFileMode`]). Use
@@ -650,6 +713,31 @@ mod tests {
         assert_eq!(copy_joined(&mut dst, tail, data, 8), 0);
         assert_eq!(copy_joined(&mut dst, &[], data, 1), 4);
         assert_eq!(&dst[..4], b"efgh");
+    }
+
+    #[test]
+    fn the_direct_io_probe_answers_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let supported = direct_io_supported(dir.path()).unwrap();
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "the probe left {left:?}");
+        // ext4 takes O_DIRECT; elsewhere the answer is the file system's.
+        let mut fs = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+        let path = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string and a zeroed statfs for the kernel to fill.
+        let fs = unsafe {
+            assert_eq!(libc::statfs(path.as_ptr(), fs.as_mut_ptr()), 0);
+            fs.assume_init()
+        };
+        const EXT4_SUPER_MAGIC: i64 = 0xEF53;
+        if fs.f_type as i64 == EXT4_SUPER_MAGIC {
+            assert!(supported, "ext4 refused O_DIRECT");
+        }
+        let gone = dir.path().join("missing");
+        assert!(
+            direct_io_supported(&gone).is_err(),
+            "a missing directory is an error"
+        );
     }
 
     #[test]

@@ -64,7 +64,8 @@ pub struct EngineConfig {
     /// Interval of the shard's deadline checks (ack timeouts, long-poll expiry)
     /// while something waits.
     pub tick_ms: u64,
-    /// How partition data files do their I/O.
+    /// How partition data files do their I/O (default `Direct`; the server's `auto`
+    /// falls back to `Buffered` where the file system refuses O_DIRECT).
     pub data_file_mode: DataFileMode,
     /// The broker's log defaults; topics override retention and segment size.
     pub log_defaults: LogConfig,
