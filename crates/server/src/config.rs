@@ -123,7 +123,9 @@ pub struct StorageFile {
     pub segment_bytes: Option<u64>,
     pub retention_bytes: Option<u64>,
     pub retention_ms: Option<u64>,
-    /// `"buffered"` (default) or `"direct"` (O_DIRECT).
+    /// `"auto"` (default: `"direct"` where the data directory's file system takes
+    /// O_DIRECT, else `"buffered"`), `"direct"` (O_DIRECT, or refuse to start) or
+    /// `"buffered"` (the page cache).
     pub data_file_mode: Option<String>,
 }
 
@@ -199,9 +201,9 @@ impl Settings {
             ));
         }
         if let Some(mode) = &file.storage.data_file_mode {
-            if mode != "buffered" && mode != "direct" {
+            if !["auto", "buffered", "direct"].contains(&mode.as_str()) {
                 return Err(ConfigError::Invalid(format!(
-                    "[storage] data_file_mode must be \"buffered\" or \"direct\", not {mode:?}"
+                    "[storage] data_file_mode must be \"auto\", \"buffered\" or \"direct\", not {mode:?}"
                 )));
             }
         }

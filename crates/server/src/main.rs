@@ -107,14 +107,29 @@ fn run(flags: &Flags) -> i32 {
             return exit::DATA_DIR;
         }
     };
+    let data_file_mode = match data_file_mode(&settings) {
+        Ok(m) => m,
+        Err(ModeError::Refused(e)) => {
+            error!("configuration: {e}");
+            return exit::CONFIG;
+        }
+        Err(ModeError::Probe(e)) => {
+            error!(
+                "data directory {}: probing for O_DIRECT: {e}",
+                settings.data_dir.display()
+            );
+            return exit::DATA_DIR;
+        }
+    };
     let links_cell: Arc<OnceLock<Arc<PeerLinks>>> = Arc::new(OnceLock::new());
-    let engine_config = match engine_config(&settings, &links_cell) {
+    let engine_config = match engine_config(&settings, &links_cell, data_file_mode) {
         Ok(c) => c,
         Err(e) => {
             error!("configuration: {e}");
             return exit::CONFIG;
         }
     };
+    let log_defaults = engine_config.log_defaults.clone();
     let engine = match Engine::start(engine_config) {
         Ok(e) => e,
         Err(e) => {
@@ -133,6 +148,7 @@ fn run(flags: &Flags) -> i32 {
         clean = report.all_clean(),
         recovery_ms = report.elapsed.as_millis() as u64,
         shards = engine.shard_count(),
+        data_file_mode = ?data_file_mode,
         "engine started"
     );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -147,12 +163,51 @@ fn run(flags: &Flags) -> i32 {
             return exit::FAILURE;
         }
     };
-    runtime.block_on(serve(settings, engine, links_cell))
+    runtime.block_on(serve(settings, engine, links_cell, log_defaults))
+}
+
+/// Why [`data_file_mode`] found no mode to run with.
+#[derive(Debug)]
+enum ModeError {
+    /// The configuration asks for O_DIRECT where the file system refuses it.
+    Refused(String),
+    /// The probe itself failed: the data directory's problem.
+    Probe(std::io::Error),
+}
+
+/// The data files' mode from `[storage] data_file_mode`; `"auto"` (the default) probes
+/// the data directory (locked, so it exists) for O_DIRECT once, here.
+fn data_file_mode(s: &Settings) -> Result<DataFileMode, ModeError> {
+    let probe = || sluice_io::direct_io_supported(&s.data_dir).map_err(ModeError::Probe);
+    match s.storage.data_file_mode.as_deref() {
+        Some("buffered") => Ok(DataFileMode::Buffered),
+        Some("direct") => match probe()? {
+            true => Ok(DataFileMode::Direct),
+            false => Err(ModeError::Refused(format!(
+                "data_file_mode = \"direct\", but the file system under {} refuses O_DIRECT \
+                 (use \"buffered\" or \"auto\")",
+                s.data_dir.display()
+            ))),
+        },
+        // Settings::resolve admits only the three names.
+        _ => match probe()? {
+            true => Ok(DataFileMode::Direct),
+            false => {
+                warn!(
+                    data_dir = %s.data_dir.display(),
+                    "the data directory's file system refuses O_DIRECT: data files go \
+                     through the page cache (data_file_mode = \"buffered\")"
+                );
+                Ok(DataFileMode::Buffered)
+            }
+        },
+    }
 }
 
 fn engine_config(
     s: &Settings,
     links: &Arc<OnceLock<Arc<PeerLinks>>>,
+    data_file_mode: DataFileMode,
 ) -> Result<EngineConfig, String> {
     let mut c = EngineConfig::new(&s.data_dir);
     c.shards = s.shards;
@@ -178,11 +233,7 @@ fn engine_config(
     if let Some(ms) = s.storage.retention_ms {
         c.log_defaults.retention_age_ms_max = Some(ms);
     }
-    c.data_file_mode = match s.storage.data_file_mode.as_deref() {
-        None | Some("buffered") => DataFileMode::Buffered,
-        Some("direct") => DataFileMode::Direct,
-        Some(other) => return Err(format!("unknown data_file_mode {other:?}")),
-    };
+    c.data_file_mode = data_file_mode;
     if let Some(q) = s.limits.queue_depth {
         c.queue_depth = q;
     }
@@ -232,15 +283,9 @@ async fn serve(
     settings: Settings,
     engine: sluice_node::EngineHandle,
     links_cell: Arc<OnceLock<Arc<PeerLinks>>>,
+    log_defaults: sluice_storage::LogConfig,
 ) -> i32 {
     let service_cell: Arc<OnceLock<BrokerService>> = Arc::new(OnceLock::new());
-    let log_defaults = match engine_config(&settings, &links_cell) {
-        Ok(c) => c.log_defaults,
-        Err(e) => {
-            error!("configuration: {e}");
-            return exit::CONFIG;
-        }
-    };
     let cluster = match start_cluster(&settings, &engine, &links_cell, &service_cell, log_defaults)
     {
         Ok(c) => c,
