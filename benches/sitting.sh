@@ -3,8 +3,8 @@
 # machine, in ROUNDS rounds (the box is noisy: compare only numbers from one sitting,
 # and read the spread across rounds). Each round runs:
 #   1. the storage benchmark's raw append+sync (1 MiB batches, one fdatasync each: the
-#      disk's ceiling for an appending log), buffered (the engine's backend) and
-#      O_DIRECT,
+#      disk's ceiling for an appending log), O_DIRECT (the engine's default data-file
+#      mode, the figure issue 3's 60% is read against) and buffered,
 #   2. sluice-bench, acks=all, 1 KiB messages, 4 producers, 8 partitions, the SDK's
 #      default linger (5 ms; LINGER_MS overrides), each produce
 #      run on a fresh release broker and data directory after a `sync` (so one run's
