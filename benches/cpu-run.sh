@@ -51,8 +51,9 @@ wait "$sampler" 2>/dev/null || true
 sampler=
 read -r cpu1 faults1 < <(stat_of)
 # The dev broker's admin address (ADMIN overrides, with --admin-listen in SERVER_ARGS).
-reqs=$(curl -s "http://${ADMIN:-127.0.0.1:7879}/metrics" |
-  awk '/^sluice_produce_requests_total/ {s += $2} END {print s + 0}')
+# The broker's metrics at the end of the run stay beside the report (LABEL.metrics).
+curl -s "http://${ADMIN:-127.0.0.1:7879}/metrics" >"$out/$label.metrics" || true
+reqs=$(awk '/^sluice_produce_requests_total/ {s += $2} END {print s + 0}' "$out/$label.metrics")
 python3 - "$out" "$label" "$cpu0" "$cpu1" "$((faults1 - faults0))" "$reqs" <<'PY'
 import json, sys
 out, label, cpu0, cpu1, faults, reqs = sys.argv[1:7]
