@@ -16,8 +16,9 @@
 //! call, and glommio 0.9 has no asynchronous one).
 //!
 //! What still runs synchronously on the shard thread: [`GlommioStorage::open_dir`],
-//! `list`, the index calls, the once-per-thread iopoll probe below, and the
-//! best-effort tail write of a [`DmaLogFile`] dropped without a sync.
+//! `list`, the index calls, the once-per-thread iopoll probe below, and a
+//! [`DmaLogFile`]'s tail write at a sync or drop (less than a block, into the page
+//! cache).
 //!
 //! # glommio 0.9's iopoll probe
 //!
@@ -44,7 +45,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use glommio::io::{BufferedFile, DmaFile, OpenOptions};
+use glommio::io::{DmaFile, OpenOptions};
 use sluice_storage::{LogFile, OpenMode, Storage};
 
 use crate::glommio_buffered::BufferedLogFile;
@@ -347,8 +348,9 @@ impl Storage for GlommioStorage {
 pub struct DmaLogFile {
     file: DmaFile,
     /// The same inode opened buffered (through `/proc/self/fd`), for the tail; opened
-    /// on first use.
-    buffered: Option<BufferedFile>,
+    /// on first use. Written with `pwrite` on the shard thread: a copy of less than a
+    /// block into the page cache.
+    buffered: Option<std::fs::File>,
     /// Alignment of every position, length and buffer of an I/O (a power of two).
     align: u64,
     /// Logical length.
@@ -445,34 +447,20 @@ impl DmaLogFile {
 
     /// Writes the in-memory tail at its place through the buffered descriptor (no
     /// padding, so the file does not grow past the logical length).
-    async fn write_tail(&mut self) -> io::Result<()> {
+    fn write_tail(&mut self) -> io::Result<()> {
         if self.tail_on_disk || self.tail.is_empty() {
             self.tail_on_disk = true;
             return Ok(());
         }
-        if self.buffered.is_none() {
-            let opened = OpenOptions::new()
-                .write(true)
-                .buffered_open(self.proc_path())
-                .await?;
-            self.buffered = Some(opened);
-        }
-        let Some(buffered) = &self.buffered else {
-            return Err(io::Error::other("buffered descriptor missing"));
-        };
         let start = self.tail_start();
-        let mut done = 0usize;
-        while done < self.tail.len() {
-            let rest = self.tail.get(done..).unwrap_or_default().to_vec();
-            let n = buffered.write_at(rest, start + done as u64).await?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "buffered write of the tail block wrote nothing",
-                ));
-            }
-            done += n;
-        }
+        let buffered = match self.buffered.take() {
+            Some(f) => f,
+            None => std::fs::OpenOptions::new()
+                .write(true)
+                .open(self.proc_path())?,
+        };
+        let buffered = self.buffered.insert(buffered);
+        buffered.write_all_at(&self.tail, start)?;
         self.disk_len = self.disk_len.max(self.len);
         self.tail_on_disk = true;
         Ok(())
@@ -490,11 +478,15 @@ impl Drop for DmaLogFile {
         if !(write_tail || trim) {
             return;
         }
-        let Ok(file) = std::fs::OpenOptions::new()
-            .write(true)
-            .open(self.proc_path())
-        else {
-            return;
+        let file = match self.buffered.take() {
+            Some(f) => f,
+            None => match std::fs::OpenOptions::new()
+                .write(true)
+                .open(self.proc_path())
+            {
+                Ok(f) => f,
+                Err(_) => return,
+            },
         };
         if trim {
             // What a failed write left past the logical end.
@@ -655,7 +647,7 @@ impl LogFile for DmaLogFile {
             self.file.truncate(self.len).await?;
             self.disk_len = self.len;
         }
-        self.write_tail().await?;
+        self.write_tail()?;
         self.file.fdatasync().await?;
         Ok(())
     }
@@ -667,7 +659,7 @@ impl LogFile for DmaLogFile {
         if new_start > old_start {
             // The old tail's block becomes a whole block below the new tail: it must
             // be on disk (followed by the zeros the resize adds).
-            self.write_tail().await?;
+            self.write_tail()?;
         }
         // Work out the new tail before resizing, so a failure leaves the handle as
         // it was.

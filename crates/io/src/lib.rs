@@ -36,8 +36,8 @@
 //! than [`glommio_fs::WRITE_BYTES_MAX`] become a few writes of that size); the
 //! remainder becomes the new tail. An append that does not complete a block costs no
 //! I/O at all. [`sluice_storage::LogFile::sync`] writes the tail, unpadded, through a
-//! buffered descriptor of the same inode, then issues one fdatasync (which covers
-//! both). So:
+//! buffered descriptor of the same inode (a `pwrite` into the page cache, on the shard
+//! thread), then issues one fdatasync (which covers both). So:
 //!
 //! - the file on disk is never longer than the logical length, and after a sync it
 //!   is exactly the logical bytes: on open a file's length is its size on disk, and
