@@ -8,7 +8,7 @@
 #
 # Starts SERVER (default target/release/sluice-server) on a fresh data directory under
 # target/ after a `sync`, runs BENCH (default target/release/sluice-bench) with 1 KiB
-# messages, 4 producers, 8 partitions, acks=all and the given arguments, stops the
+# messages, 4 producers, 8 partitions, acks=all (ACKS overrides) and the given arguments, stops the
 # broker and prints one line: msgs/s, MB/s, p50/p99, errors, the broker's CPU (utime +
 # stime from /proc), the load generator's (/usr/bin/time), the broker's page faults,
 # its produce requests (sluice_produce_requests_total), and how idle the machine was
@@ -44,7 +44,7 @@ read -r cpu0 faults0 < <(stat_of)
 (for _ in $(seq 600); do head -1 /proc/stat; sleep 0.1; done) >"$out/$label.stat" &
 sampler=$!
 /usr/bin/time -f "%U %S" -o "$out/$label.time" "$bench_bin" --ca "$data/tls/ca.pem" \
-  --no-progress --size 1024 --producers 4 --partitions 8 --acks all \
+  --no-progress --size 1024 --producers 4 --partitions 8 --acks "${ACKS:-all}" \
   --json "$out/$label.json" "$@" >"$out/$label.txt" 2>&1 || true
 kill "$sampler" 2>/dev/null || true
 wait "$sampler" 2>/dev/null || true

@@ -41,11 +41,11 @@ const BATCHES_PER_SYNC_MAX: u64 = 1 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 enum Backend {
-    /// `sluice_io::GlommioStorage` in its default mode: buffered files through
-    /// io_uring (the engine's).
+    /// `sluice_io::GlommioStorage` with `DataFileMode::Buffered`: page-cache files
+    /// through io_uring (the engine's where O_DIRECT is refused).
     Glommio,
     /// `sluice_io::GlommioStorage` with `DataFileMode::Direct`: O_DIRECT files
-    /// through io_uring.
+    /// through io_uring (the engine's default).
     GlommioDirect,
     /// `sluice_io::StdStorage`: buffered std files, blocking syscalls.
     Std,
