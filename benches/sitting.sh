@@ -16,6 +16,7 @@
 #   3. NATS JetStream R1 (../shared/peers/nats-bench/run.sh) under the same load,
 #   4. the round's ratios against issue 3's targets (benches/ratios.py).
 # usage: benches/sitting.sh [COUNT] [ROUNDS]   (defaults 1,000,000 messages, 3 rounds)
+#        SERVER_ARGS="--shards 4" benches/sitting.sh ...   (broker flags for every run)
 # JSON reports go to target/sitting/; one summary line per run is printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,9 @@ linger=${LINGER_MS:-5}
 # 2-5%). The other runs keep the SDK's default 256 KiB, which the 256-record window
 # fills once (a 1 MiB batch would only ever leave on its linger).
 full_batch=${FULL_BATCH_BYTES:-1048576}
+# Broker flags for every produce run (SERVER_ARGS, e.g. "--shards 4"; default none: the
+# broker's defaults).
+server_args=${SERVER_ARGS:-}
 full_window=${FULL_WINDOW:-4096}
 out=target/sitting
 rm -rf "$out" && mkdir -p "$out"
@@ -48,7 +52,8 @@ start() {
   stop
   sync
   data=$(mktemp -d -p "$PWD/target")
-  target/release/sluice-server --data-dir "$data" >"$out/server.log" 2>&1 &
+  # shellcheck disable=SC2086 # SERVER_ARGS is a list of flags
+  target/release/sluice-server --data-dir "$data" $server_args >"$out/server.log" 2>&1 &
   server=$!
   for _ in $(seq 100); do [ -f "$data/tls/ca.pem" ] && break; sleep 0.1; done
   sleep 0.5
