@@ -7,7 +7,8 @@ pub const OK: i32 = 0;
 pub const FAILURE: i32 = 1;
 /// The configuration or the flags are invalid.
 pub const CONFIG: i32 = 2;
-/// The data directory cannot be used (not creatable, or locked by another broker).
+/// The data directory cannot be used (not creatable, locked by another broker, or the
+/// O_DIRECT probe cannot write to it).
 pub const DATA_DIR: i32 = 3;
 /// A partition failed recovery (corruption where the log guarantees whole data).
 pub const RECOVERY: i32 = 4;
