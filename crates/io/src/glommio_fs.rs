@@ -105,31 +105,12 @@ const DIRECT_PROBE_FILE_NAME: &str = ".sluice-direct-probe";
 /// Synchronous: call it at startup.
 pub fn direct_io_supported(dir: &Path) -> io::Result<bool> {
     let refused = |e: &io::Error| e.raw_os_error() == Some(libc::EINVAL);
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true).write(true).mode(0o600);
-    // An unnamed file where the file system has them, so a crash leaves nothing behind.
-    let unnamed = options
-        .clone()
-        .custom_flags(libc::O_DIRECT | libc::O_TMPFILE)
-        .open(dir);
-    let named = dir.join(DIRECT_PROBE_FILE_NAME);
-    let (file, remove) = match unnamed {
-        Ok(f) => (f, false),
-        // No O_TMPFILE (EOPNOTSUPP, EISDIR), or an EINVAL that may be O_TMPFILE's as
-        // much as O_DIRECT's: a named file tells.
-        Err(_) => match options
-            .create(true)
-            .truncate(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&named)
-        {
-            Ok(f) => (f, true),
-            Err(e) if refused(&e) => {
-                let _ = std::fs::remove_file(&named);
-                return Ok(false);
-            }
-            Err(e) => return Err(e),
-        },
+    // An EINVAL from the unnamed open may be O_TMPFILE's as much as O_DIRECT's: the
+    // named file `open_scratch` falls back to tells.
+    let (file, named) = match open_scratch(dir, DIRECT_PROBE_FILE_NAME, libc::O_DIRECT) {
+        Ok(opened) => opened,
+        Err(e) if refused(&e) => return Ok(false),
+        Err(e) => return Err(e),
     };
     // A block-aligned slice of a plain buffer: O_DIRECT wants the memory aligned too.
     let block = FS_BLOCK_BYTES_MAX as usize;
@@ -138,8 +119,8 @@ pub fn direct_io_supported(dir: &Path) -> io::Result<bool> {
     let aligned = buf.get(skip..skip + block).unwrap_or_default();
     let written = file.write_at(aligned, 0);
     drop(file);
-    if remove {
-        std::fs::remove_file(&named)?;
+    if let Some(path) = named {
+        std::fs::remove_file(&path)?;
     }
     match written {
         Ok(n) if n == block => Ok(true),
@@ -149,6 +130,39 @@ pub fn direct_io_supported(dir: &Path) -> io::Result<bool> {
         )),
         Err(e) if refused(&e) => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+/// A scratch file in `dir`, opened read-write with the open `flags`: an unnamed
+/// `O_TMPFILE` where the file system has them (a crash leaves nothing behind), else
+/// the file `name`, created, whose path is returned for the caller to remove. A failed
+/// named open removes what it may have created.
+fn open_scratch(
+    dir: &Path,
+    name: &str,
+    flags: libc::c_int,
+) -> io::Result<(std::fs::File, Option<PathBuf>)> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).mode(0o600);
+    if let Ok(f) = options
+        .clone()
+        .custom_flags(flags | libc::O_TMPFILE)
+        .open(dir)
+    {
+        return Ok((f, None));
+    }
+    let path = dir.join(name);
+    match options
+        .create(true)
+        .truncate(true)
+        .custom_flags(flags)
+        .open(&path)
+    {
+        Ok(f) => Ok((f, Some(path))),
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            Err(e)
+        }
     }
 }
 
@@ -198,30 +212,21 @@ impl GlommioStorage {
         if PROBED_DEVICES.with(|p| p.borrow().contains(&self.dev)) {
             return Ok(());
         }
-        let tmpfile = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_TMPFILE)
-            .mode(0o600)
-            .open(&self.dir);
-        match tmpfile {
-            Ok(mut scratch) => {
-                scratch.write_all(&[0; PROBE_FILE_BYTES])?;
-                let via = PathBuf::from(format!("/proc/self/fd/{}", scratch.as_raw_fd()));
-                DmaFile::open(&via).await?.close().await?;
-            }
-            Err(_) => {
-                // No O_TMPFILE here: a named scratch file, removed right after.
-                let path = self.dir.join(PROBE_FILE_NAME);
-                std::fs::write(&path, [0; PROBE_FILE_BYTES])?;
-                let probed = match DmaFile::open(&path).await {
-                    Ok(f) => f.close().await,
-                    Err(e) => Err(e),
-                };
-                std::fs::remove_file(&path)?;
-                probed?;
-            }
+        let (mut scratch, named) = open_scratch(&self.dir, PROBE_FILE_NAME, 0)?;
+        let probed = async {
+            scratch.write_all(&[0; PROBE_FILE_BYTES])?;
+            DmaFile::open(&proc_fd_path(scratch.as_raw_fd()))
+                .await?
+                .close()
+                .await?;
+            Ok::<(), io::Error>(())
         }
+        .await;
+        drop(scratch);
+        if let Some(path) = named {
+            std::fs::remove_file(&path)?;
+        }
+        probed?;
         PROBED_DEVICES.with(|p| p.borrow_mut().push(self.dev));
         Ok(())
     }
@@ -424,12 +429,6 @@ impl DmaLogFile {
         self.len - self.tail.len() as u64
     }
 
-    /// `/proc/self/fd/N` for the DMA descriptor: opening it makes a new, buffered,
-    /// description of the same inode, even if the file was renamed or unlinked.
-    fn proc_path(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
-    }
-
     /// The first `n` bytes of the aligned block at `pos` (n < align), from disk.
     async fn read_block_prefix(&self, pos: u64, n: usize) -> io::Result<Vec<u8>> {
         if n == 0 {
@@ -453,14 +452,8 @@ impl DmaLogFile {
             return Ok(());
         }
         let start = self.tail_start();
-        let buffered = match self.buffered.take() {
-            Some(f) => f,
-            None => std::fs::OpenOptions::new()
-                .write(true)
-                .open(self.proc_path())?,
-        };
-        let buffered = self.buffered.insert(buffered);
-        buffered.write_all_at(&self.tail, start)?;
+        let fd = self.file.as_raw_fd();
+        buffered_descriptor(&mut self.buffered, fd)?.write_all_at(&self.tail, start)?;
         self.disk_len = self.disk_len.max(self.len);
         self.tail_on_disk = true;
         Ok(())
@@ -478,24 +471,40 @@ impl Drop for DmaLogFile {
         if !(write_tail || trim) {
             return;
         }
-        let file = match self.buffered.take() {
-            Some(f) => f,
-            None => match std::fs::OpenOptions::new()
-                .write(true)
-                .open(self.proc_path())
-            {
-                Ok(f) => f,
-                Err(_) => return,
-            },
+        let (len, start, fd) = (self.len, self.tail_start(), self.file.as_raw_fd());
+        let Ok(file) = buffered_descriptor(&mut self.buffered, fd) else {
+            return;
         };
         if trim {
             // What a failed write left past the logical end.
-            let _ = file.set_len(self.len);
+            let _ = file.set_len(len);
         }
         if write_tail {
-            let _ = file.write_all_at(&self.tail, self.tail_start());
+            let _ = file.write_all_at(&self.tail, start);
         }
     }
+}
+
+/// A buffered descriptor of the inode behind `fd` (a [`DmaLogFile`]'s), opened into
+/// `slot` on first use.
+fn buffered_descriptor(
+    slot: &mut Option<std::fs::File>,
+    fd: std::os::unix::io::RawFd,
+) -> io::Result<&std::fs::File> {
+    let file = match slot.take() {
+        Some(f) => f,
+        None => std::fs::OpenOptions::new()
+            .write(true)
+            .open(proc_fd_path(fd))?,
+    };
+    Ok(slot.insert(file))
+}
+
+/// `/proc/self/fd/N`: opening it makes a new description (buffered, unless asked
+/// otherwise) of the inode behind descriptor `fd`, even if the file was renamed or
+/// unlinked.
+fn proc_fd_path(fd: std::os::unix::io::RawFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{fd}"))
 }
 
 /// The file system's block size when it is a sane power of two above the device's
