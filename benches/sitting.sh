@@ -32,10 +32,10 @@ linger=${LINGER_MS:-5}
 # 2-5%). The other runs keep the SDK's default 256 KiB, which the 256-record window
 # fills once (a 1 MiB batch would only ever leave on its linger).
 full_batch=${FULL_BATCH_BYTES:-1048576}
+full_window=${FULL_WINDOW:-4096}
 # Broker flags for every produce run (SERVER_ARGS, e.g. "--shards 4"; default none: the
 # broker's defaults).
 server_args=${SERVER_ARGS:-}
-full_window=${FULL_WINDOW:-4096}
 out=target/sitting
 rm -rf "$out" && mkdir -p "$out"
 cargo build -q --release -p sluice-server -p sluice-bench --bins
